@@ -1,0 +1,95 @@
+"""The `course` command: check, release, grade, data, bench. Thin: each verb calls one module."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .config import ConfigError
+
+EXIT_PASS, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def _check(args) -> int:
+    from .harness import run_check
+
+    overrides = {"module": args.module, "world_size": args.world_size, "profile": args.profile,
+                 "time_limit": args.time_limit, "nnodes": args.nnodes}
+    for item in args.param or []:
+        key, _, value = item.partition("=")
+        overrides[key] = _parse_value(value)
+    verdict = run_check(args.exercise, **{k: v for k, v in overrides.items() if v is not None})
+    print(verdict.to_json() if args.json else verdict.to_text(verbose=args.verbose))
+    if verdict.status == "error":
+        return EXIT_USAGE
+    return EXIT_PASS if verdict.passed else EXIT_FAIL
+
+
+def _parse_value(text: str):
+    import json
+
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _release(args) -> int:
+    from .nbglue import release
+
+    release(args.assignment or None)
+    return EXIT_PASS
+
+
+def _grade(args) -> int:
+    from .nbglue import grade
+
+    grade(args.submissions, out=args.out, assignments=args.assignment or None)
+    return EXIT_PASS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="course", description="Data and Model Parallelism in PyTorch: course tools")
+    sub = p.add_subparsers(dest="verb", required=True)
+
+    c = sub.add_parser("check", help="run one exercise's check (exit 0 pass, 1 fail, 2 usage/environment error)")
+    c.add_argument("exercise", help="exercise id, e.g. ddp.wrap")
+    c.add_argument("--module", help="the learner's file (default: the exercise's file in this folder)")
+    c.add_argument("--world-size", type=int, help="number of ranks (default: the profile's)")
+    c.add_argument("--nnodes", type=int, help="simulate this many nodes (torchrun agents) on this machine")
+    c.add_argument("--profile", choices=["cpu", "gpu"], help="hardware profile (default: auto, or $COURSE_PROFILE)")
+    c.add_argument("--time-limit", type=float, help="seconds before the ranks are stopped")
+    c.add_argument("--param", action="append", metavar="KEY=VALUE", help="scenario parameter, e.g. seed=3")
+    c.add_argument("--json", action="store_true", help="print the verdict as JSON")
+    c.add_argument("-v", "--verbose", action="store_true", help="show the ranks' output on a pass too")
+    c.set_defaults(run=_check)
+
+    r = sub.add_parser("release", help="regenerate release/ from source/ through nbgrader")
+    r.add_argument("assignment", nargs="*", help="assignment ids (default: all in course.yaml)")
+    r.set_defaults(run=_release)
+
+    g = sub.add_parser("grade", help="autograde a folder of submissions and write a grades CSV")
+    g.add_argument("submissions", help="folder laid out as SUBMISSIONS/<student>/<assignment>/<notebook>.ipynb")
+    g.add_argument("--out", default="grading", help="output folder (gradebook, feedback, grades.csv)")
+    g.add_argument("--assignment", action="append", help="only these assignments")
+    g.set_defaults(run=_grade)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
+        return int(exc.code or 0)
+    try:
+        return args.run(args)
+    except ConfigError as exc:
+        print(f"course: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("course: interrupted; every rank was stopped.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""Pictures drawn from a verdict's `details`: speed-up bars, pipeline timelines, per-rank memory.
+
+The schemas (filled by the checks, drawn here, shown by the widget and the notebooks):
+- details["speedup"]  = {"measured": x, "ideal": x, "threshold": x, "label": "2 ranks vs 1"}
+- details["timeline"] = {"schedules": {"GPipe": [[rank, "F"|"B", microbatch, start_s, end_s], ...], ...},
+                         "bubble": {"GPipe": {"measured": f, "formula": f}, ...}}
+- details["memory"]   = {"ranks": [0, 1], "bytes": {"DDP": [b0, b1], "FSDP": [b0, b1]}}
+"""
+from __future__ import annotations
+
+import base64
+import io
+
+from .verdict import Verdict
+
+
+def _figure(width: float, height: float):
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(width, height))
+
+
+def draw_speedup(ax, data: dict) -> None:
+    names = ["measured", "ideal"]
+    values = [data["measured"], data["ideal"]]
+    bars = ax.bar(names, values, color=["#2f6fb0", "#bbbbbb"])
+    ax.bar_label(bars, labels=[f"{v:.2f}x" for v in values])
+    if "threshold" in data:
+        ax.axhline(data["threshold"], color="#b42318", linestyle="--", label=f"pass line {data['threshold']:.2f}x")
+        ax.legend(loc="lower right")
+    ax.set_ylabel("speed-up")
+    ax.set_title(data.get("label", "speed-up"))
+
+
+def draw_timeline(axes, data: dict) -> None:
+    colors = {"F": "#2f6fb0", "B": "#e0a030"}
+    for ax, (name, events) in zip(axes, data["schedules"].items()):
+        t0 = min(e[3] for e in events) if events else 0.0
+        for rank, kind, mb, start, end in events:
+            ax.barh(rank, end - start, left=start - t0, color=colors.get(kind, "#888"), edgecolor="white")
+            ax.text(start - t0 + (end - start) / 2, rank, f"{kind}{mb}", ha="center", va="center", fontsize=7,
+                    color="white")
+        ranks = sorted({e[0] for e in events})
+        ax.set_yticks(ranks, [f"rank {r}" for r in ranks])
+        ax.invert_yaxis()
+        bubble = data.get("bubble", {}).get(name)
+        extra = f"  bubble {bubble['measured']:.0%} measured, {bubble['formula']:.0%} formula" if bubble else ""
+        ax.set_title(f"{name}{extra}", fontsize=9)
+    axes[-1].set_xlabel("seconds")
+
+
+def draw_memory(ax, data: dict) -> None:
+    ranks = data["ranks"]
+    series = data["bytes"]
+    width = 0.8 / len(series)
+    for i, (name, values) in enumerate(series.items()):
+        xs = [r + i * width for r in ranks]
+        bars = ax.bar(xs, [v / 2**20 for v in values], width, label=name)
+        ax.bar_label(bars, fmt="%.1f", fontsize=7)
+    ax.set_xticks([r + width * (len(series) - 1) / 2 for r in ranks], [f"rank {r}" for r in ranks])
+    ax.set_ylabel("MiB (params + grads + optimizer state)")
+    ax.legend()
+
+
+def render(verdict: Verdict):
+    """A matplotlib Figure for the verdict's details, or None when there is nothing to draw."""
+    d = verdict.details
+    if "timeline" in d:
+        n = len(d["timeline"]["schedules"])
+        fig, axes = _figure(8, 1.6 * n + 0.6)
+        fig.clf()
+        axes = fig.subplots(n, 1, squeeze=False)[:, 0]
+        draw_timeline(list(axes), d["timeline"])
+    elif "speedup" in d:
+        fig, ax = _figure(4, 3)
+        draw_speedup(ax, d["speedup"])
+    elif "memory" in d:
+        fig, ax = _figure(5, 3)
+        draw_memory(ax, d["memory"])
+    else:
+        return None
+    fig.tight_layout()
+    return fig
+
+
+def verdict_figure_png_base64(verdict: Verdict) -> str | None:
+    fig = render(verdict)
+    if fig is None:
+        return None
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()

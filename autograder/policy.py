@@ -1,0 +1,67 @@
+"""The one device/backend policy: which profile, how many ranks, which device and backend per rank.
+
+Pure functions of plain values (GPU count, environment), so the CUDA/NCCL path
+is tested on CPU machines by passing the values a GPU host would have.
+"""
+from __future__ import annotations
+
+import os
+from typing import Mapping
+
+from .config import ConfigError, Course, Profile
+
+PROFILE_ENV = "COURSE_PROFILE"
+
+
+def visible_gpu_count() -> int:
+    """GPUs torch can see; 0 when torch has no CUDA or none is visible."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def choose_profile(course: Course, requested: str | None = None, *, gpus: int | None = None,
+                   env: Mapping[str, str] = os.environ) -> Profile:
+    """An explicit request wins, then $COURSE_PROFILE; else gpu with >= 2 GPUs, cpu otherwise."""
+    name = requested or env.get(PROFILE_ENV)
+    if not name:
+        gpus = visible_gpu_count() if gpus is None else gpus
+        name = "gpu" if gpus >= 2 and "gpu" in course.profiles else "cpu"
+    if name not in course.profiles:
+        raise ConfigError(f"unknown profile {name!r}; course.yaml defines: {', '.join(course.profiles)}")
+    return course.profiles[name]
+
+
+def ranks_for(profile: Profile, *, gpus: int | None = None) -> int:
+    """Default number of ranks: the profile's fixed count, or one per GPU up to max_ranks."""
+    if profile.ranks is not None:
+        return profile.ranks
+    gpus = visible_gpu_count() if gpus is None else gpus
+    if gpus < 1:
+        raise ConfigError(f"profile {profile.name!r} needs GPUs, and none is visible; use --profile cpu")
+    return min(gpus, profile.max_ranks)
+
+
+def rank_env(profile: Profile) -> dict[str, str]:
+    """Environment every rank of a check runs with under this profile."""
+    env = {}
+    if profile.threads_per_rank is not None:
+        env["OMP_NUM_THREADS"] = str(profile.threads_per_rank)
+    if profile.hide_gpus:
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    return env
+
+
+def device_name(local_rank: int, cuda_available: bool) -> str:
+    """One GPU per process, chosen by LOCAL_RANK (never RANK: ranks count across nodes)."""
+    return f"cuda:{local_rank}" if cuda_available else "cpu"
+
+
+def backend_for(device: str) -> str:
+    """NCCL drives GPUs; gloo is the CPU backend."""
+    return "nccl" if device.startswith("cuda") else "gloo"
+
+
+def ddp_device_ids(device: str) -> list[int] | None:
+    """DDP's device_ids: the one GPU on CUDA; must be None for CPU modules."""
+    return [int(device.split(":")[1])] if device.startswith("cuda") else None

@@ -1,0 +1,59 @@
+"""Self-check buttons for the student notebooks: one button per exercise, over the same run_check as grading."""
+from __future__ import annotations
+
+import html
+from typing import Callable
+
+from . import config
+from .notebook import grading
+from .verdict import Verdict
+
+# Pictures a verdict can carry in `details`; checks fill them, figures.py draws them.
+FIGURE_KEYS = ("speedup", "timeline", "memory")
+
+
+def _figure_html(verdict: Verdict) -> str:
+    if not any(k in verdict.details for k in FIGURE_KEYS):
+        return ""
+    from .figures import verdict_figure_png_base64
+
+    png = verdict_figure_png_base64(verdict)
+    return f'<img alt="{html.escape(verdict.exercise)} figure" src="data:image/png;base64,{png}"/>' if png else ""
+
+
+def self_check(assignment: str, runner: Callable[..., Verdict] | None = None):
+    """Show a self-check button for each exercise of an assignment (nothing while nbgrader grades)."""
+    if grading():
+        return None
+    import ipywidgets as w
+
+    from .harness import run_check
+
+    runner = runner or run_check
+    course = config.load()
+    rows = []
+    for exercise in course.assignment(assignment).exercises:
+        button = w.Button(description=f"Check {exercise.id}", layout=w.Layout(width="220px"),
+                          tooltip=f"Runs {exercise.module} under torchrun and compares with the reference")
+        out = w.HTML(value="<i>not checked yet</i>")
+
+        def on_click(_, exercise=exercise, button=button, out=out):
+            button.disabled = True
+            button.icon = "spinner"
+            out.value = f"<i>running {html.escape(exercise.id)} (launching torchrun, about 10-60 s)...</i>"
+            try:
+                verdict = runner(exercise.id)
+                out.value = verdict.to_html() + _figure_html(verdict)
+            except Exception as exc:  # a broken environment must show up in the widget, not vanish
+                out.value = f"<b style='color:#b42318'>could not run the check: {html.escape(repr(exc))}</b>"
+            finally:
+                button.disabled = False
+                button.icon = ""
+
+        button.on_click(on_click)
+        rows.append(w.HBox([button, out]))
+    box = w.VBox(rows)
+    from IPython.display import display
+
+    display(box)
+    return box

@@ -1,0 +1,1 @@
+"""Shared course code for the EuroSAT running example: data, model and training-loop pieces."""
