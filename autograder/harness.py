@@ -14,6 +14,7 @@ from typing import Any
 from . import checks, config, launch, policy
 from .checks import DistributedCheck, LocalCheck, RankOutcome, Run
 from .verdict import CheckFailed, Verdict
+from .worker import OUTPUT_LIMIT_BYTES
 
 LOG_TAIL = 4000
 PEER_FAILURE = re.compile(r"Connection closed by peer|Connection reset|Broken pipe|NCCL communicator was aborted"
@@ -82,19 +83,29 @@ def _collect(job_dir: Path, world_size: int) -> tuple[list[RankOutcome | None], 
     return outcomes, logs, stacks
 
 
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
 def _readable_stack(text: str) -> str:
-    """faulthandler prints innermost first; keep the main thread and drop the harness's own frames."""
+    """faulthandler prints innermost first; keep the main thread, without the harness's own frames."""
     threads = text.split("\n\n")
-    main = next((t for t in threads if "most recent call first" in t and "worker.py" in t), threads[0])
-    lines = [ln for ln in main.splitlines() if "autograder/launch.py" not in ln]
-    return "\n".join(lines)
+    main = next((t for t in threads if "worker.py" in t), threads[0])
+    if "_wait_for_peers" in main:
+        return "finished its part and was waiting for the other ranks (not in any collective)"
+    harness = ("autograder/worker.py", "autograder/launch.py", "<frozen runpy>", "c10d_logger.py")
+    return "\n".join(ln for ln in main.splitlines() if not any(h in ln for h in harness))
 
 
 def _where_stuck(stack: str, module: str) -> str:
-    """The learner's innermost line in a faulthandler stack, if any."""
+    """The learner's innermost line in a faulthandler stack, e.g. 'my.py line 7 in global_mean'."""
     for line in stack.splitlines():
-        if module and Path(module).name in line:
-            return line.strip()
+        found = re.search(r'File "([^"]+)", line (\d+) in (\S+)', line)
+        if found and module and Path(found[1]).name == Path(module).name:
+            return f"{Path(found[1]).name} line {found[2]} in {found[3]}"
     return ""
 
 
@@ -155,10 +166,17 @@ def run_check(exercise_id: str, *, module: str | Path | None = None, world_size:
             env = policy.rank_env(prof)
         result = launch.run_job(commands, job_dir, limit, env, cwd=path.parent)
         outcomes, logs, stacks = _collect(job_dir, ws)
+        flooded = [r for r in range(ws) if _size(job_dir / f"rank{r}.log") >= OUTPUT_LIMIT_BYTES]
     finally:
         shutil.rmtree(job_dir, ignore_errors=True)
 
     base.update(seconds=round(result.seconds, 2), logs=logs)
+    if flooded:
+        return Verdict(passed=False, status="fail",
+                       message=f"rank(s) {', '.join(map(str, flooded))} printed more than the output limit "
+                               f"({OUTPUT_LIMIT_BYTES // 2**20} MiB) and were stopped",
+                       hint="Print less: a print inside a loop floods the log. Print on rank 0, every N steps.",
+                       stacks=stacks, **base)
     if result.timed_out:
         done = [o.rank for o in outcomes if o is not None]
         stuck = [r for r in range(ws) if r not in done]

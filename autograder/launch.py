@@ -48,8 +48,9 @@ def torchrun_command(nprocs: int, args: list[str], *, nnodes: int = 1, node_rank
     return cmd + args
 
 
-def _processes_with_token(token: str) -> list[int]:
-    needle = f"{TOKEN_ENV}={token}".encode()
+def processes_with_env(name: str, value: str) -> list[int]:
+    """Pids (other than ours) whose environment has name=value: the job's processes, wherever they moved."""
+    needle = f"{name}={value}".encode()
     pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
@@ -67,7 +68,7 @@ def sweep(token: str) -> list[int]:
     """Kill every process that carries the job's token; return the pids that were alive."""
     killed = []
     for _ in range(20):
-        pids = _processes_with_token(token)
+        pids = processes_with_env(TOKEN_ENV, token)
         if not pids:
             break
         for pid in pids:

@@ -1,0 +1,36 @@
+# The course's two entry points: `make lab` opens the course, `make test` runs the test suite.
+# Both set everything up first (a virtual environment with the pinned packages, the dataset).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+LAB_IP ?= 127.0.0.1
+PORT   ?= 8888
+
+.PHONY: setup lab test release data clean
+
+setup: $(VENV)/.setup-stamp
+
+$(VENV)/.setup-stamp: requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $@
+
+data: setup
+	$(BIN)/course data
+
+lab: data
+	@echo "Opening JupyterLab on release/ (the URL with its token is printed below)."
+	$(BIN)/jupyter lab --notebook-dir=release --ip=$(LAB_IP) --port=$(PORT) --no-browser
+
+release: setup
+	$(BIN)/course release
+
+# Correctness tests run two at a time; tests that measure speed run alone afterwards.
+test: setup
+	$(BIN)/python -m pytest -n 2 -m "not timing"
+	$(BIN)/python -m pytest -p no:xdist -m timing || [ $$? -eq 5 ]  # 5: no timing tests selected
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,6 @@
+while True:  # never finishes importing
+    pass
+
+
+def dist_env():
+    return 0, 0, 1

@@ -1,0 +1,2 @@
+def dist_env(:
+    return 0
