@@ -2,19 +2,21 @@
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import re
 import shutil
 import sys
 import tempfile
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import checks, config, launch, policy
 from .checks import DistributedCheck, LocalCheck, RankOutcome, Run
 from .verdict import CheckFailed, Verdict
-from .worker import OUTPUT_LIMIT_BYTES
+from .worker import OUTPUT_LIMIT_BYTES, result_path
 
 LOG_TAIL = 4000
 PEER_FAILURE = re.compile(r"Connection closed by peer|Connection reset|Broken pipe|NCCL communicator was aborted"
@@ -69,15 +71,21 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
-def _collect(job_dir: Path, world_size: int) -> tuple[list[RankOutcome | None], dict[str, str], dict[str, str]]:
-    outcomes, logs, stacks = [], {}, {}
+def _collect(job_dir: Path, world_size: int, n_exercises: int):
+    """Per exercise, per rank: the RankOutcome (None where that rank wrote no result); logs and stacks per rank."""
+    outcomes = []
+    for i in range(n_exercises):
+        row = []
+        for r in range(world_size):
+            raw = _read_json(result_path(job_dir, r, i))
+            row.append(None if raw is None else RankOutcome(
+                rank=r, ok=raw["ok"], result=raw.get("result"), error=raw.get("error"),
+                phase=raw.get("phase", ""), calls=raw.get("calls", {})))
+        outcomes.append(row)
+    logs, stacks = {}, {}
     for r in range(world_size):
-        raw = _read_json(job_dir / f"rank{r}.json")
-        outcomes.append(None if raw is None else RankOutcome(
-            rank=r, ok=raw["ok"], result=raw.get("result"), error=raw.get("error"),
-            phase=raw.get("phase", ""), calls=raw.get("calls", {})))
         logs[f"rank {r}"] = launch._tail(job_dir / f"rank{r}.log", LOG_TAIL)
-        stack = (job_dir / f"rank{r}.stack")
+        stack = job_dir / f"rank{r}.stack"
         if stack.exists() and stack.stat().st_size:
             stacks[f"rank {r}"] = _readable_stack(stack.read_text())
     return outcomes, logs, stacks
@@ -127,17 +135,59 @@ def _explain_error(check, error: dict) -> str:
 
 # ------------------------------------------------------------------ the check
 
+@dataclass(frozen=True)
+class _Plan:
+    """One launch: the learner's module, its world, and the exercises (first: the requested one)."""
+    path: Path
+    profile: config.Profile
+    world_size: int
+    nnodes: int
+    local: bool
+    items: tuple[tuple[config.Exercise, Any, dict], ...]   # (exercise, check, params)
+
+
+class VerdictCache:
+    """Verdicts of exercises that shared a launch, keyed by everything that could change them.
+
+    The key holds the content of every .py file next to the learner's module, so editing
+    and re-running the %%writefile cell invalidates it. Only the process that ran the
+    launch holds it: grading re-verifies out of the kernel with a fresh harness.
+    """
+
+    def __init__(self):
+        self._verdicts: dict[tuple, Verdict] = {}
+
+    @staticmethod
+    def key(exercise_id: str, path: Path, settings: tuple, params: dict) -> tuple:
+        digest = hashlib.sha256()
+        for f in sorted(path.parent.glob("*.py")):
+            digest.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+        return exercise_id, str(path), digest.hexdigest(), settings, json.dumps(params, sort_keys=True)
+
+    def get(self, key: tuple) -> Verdict | None:
+        return self._verdicts.get(key)
+
+    def put(self, key: tuple, verdict: Verdict) -> None:
+        self._verdicts[key] = verdict
+
+
+NOTEBOOK_CACHE = VerdictCache()  # used by check() and the self-check widget: one kernel, one cache
+
+
 def run_check(exercise_id: str, *, module: str | Path | None = None, world_size: int | None = None,
               profile: str | None = None, time_limit: float | None = None, nnodes: int = 1,
-              cwd: str | Path | None = None, **params: Any) -> Verdict:
-    """Run one exercise's check and return its Verdict (never raises for the learner's mistakes)."""
+              cwd: str | Path | None = None, cache: VerdictCache | None = None, **params: Any) -> Verdict:
+    """Run one exercise's check and return its Verdict (never raises for the learner's mistakes).
+
+    With a cache, the other exercises written in the same module (same assignment, same
+    world) run in the same launch and their verdicts are cached: grading a notebook costs
+    about one launch per distinct (module, world size).
+    """
     course = load_course()
     exercise = course.exercise(exercise_id)
     check = checks.get(exercise_id)
     prof = policy.choose_profile(course, profile)
-    cwd = Path(cwd or Path.cwd())
-    path = (cwd / (module or exercise.module)).resolve()
-    limit = float(time_limit or exercise.time_limit)
+    path = (Path(cwd or Path.cwd()) / (module or exercise.module)).resolve()
     params = {**check.defaults, **params}
     local = isinstance(check, LocalCheck)
     ws = 1 if local else int(world_size or exercise.world_size or policy.ranks_for(prof))
@@ -151,46 +201,98 @@ def run_check(exercise_id: str, *, module: str | Path | None = None, world_size:
         return Verdict(passed=False, status="error", message=f"cannot split {ws} ranks over {nnodes} nodes",
                        hint="Use a world size that divides by the number of nodes.", **base)
 
-    job_dir = Path(tempfile.mkdtemp(prefix=f"course-{exercise_id}-"))
+    settings = (prof.name, ws, nnodes, time_limit)
+    key = VerdictCache.key(exercise_id, path, settings, params)
+    if cache is not None and (hit := cache.get(key)):
+        return hit
+    items = [(exercise, check, params)]
+    if cache is not None and check.shareable:
+        items += _companions(course, exercise, check, path, settings, cache)
+    limits = [float(time_limit or e.time_limit) for e, _, _ in items]
+    plan = _Plan(path, prof, ws, nnodes, local, tuple(items))
+    verdicts = _launch(plan, limits)
+    if cache is not None:
+        for (e, c, p), v in zip(items, verdicts):
+            if v is not None and v.status in ("pass", "fail"):
+                cache.put(VerdictCache.key(e.id, path, settings, p), v)
+    return verdicts[0]
+
+
+def _companions(course, exercise, check, path: Path, settings: tuple, cache: VerdictCache) -> list:
+    """Other exercises of the same assignment and module that can run after this one in the same ranks."""
+    found = []
+    for e in course.assignment(exercise.assignment).exercises:
+        c = checks.get(e.id)
+        if (e.id == exercise.id or e.module != exercise.module or not c.shareable
+                or type(c) is not type(check) or preflight(path, c.functions)):
+            continue
+        if isinstance(c, DistributedCheck) and not c.init_group and check.init_group:
+            continue  # it creates the process group itself: it cannot run after one exists
+        if cache.get(VerdictCache.key(e.id, path, settings, dict(c.defaults))) is None:
+            found.append((e, c, dict(c.defaults)))
+    return found
+
+
+def _launch(plan: _Plan, limits: list[float]) -> list[Verdict | None]:
+    """One torchrun job for the plan's exercises; a Verdict per exercise (None: never reached)."""
+    ws, n = plan.world_size, len(plan.items)
+    job_dir = Path(tempfile.mkdtemp(prefix=f"course-{plan.items[0][0].id}-"))
     try:
-        (job_dir / "job.json").write_text(json.dumps(
-            {"exercise": exercise_id, "module": str(path), "params": params, "time_limit": limit}))
+        (job_dir / "job.json").write_text(json.dumps({
+            "module": str(plan.path), "time_limit": sum(limits),
+            "exercises": [{"id": e.id, "params": p} for e, _, p in plan.items]}))
         worker = ["-m", "autograder.worker", str(job_dir)]
-        if local:
+        if plan.local:
             commands = [[sys.executable] + worker]
             env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"}
         else:
             endpoint, run_id = f"127.0.0.1:{launch.free_port()}", uuid.uuid4().hex[:8]
-            commands = [launch.torchrun_command(ws // nnodes, worker, nnodes=nnodes, node_rank=n,
-                                                endpoint=endpoint, run_id=run_id) for n in range(nnodes)]
-            env = policy.rank_env(prof)
-        result = launch.run_job(commands, job_dir, limit, env, cwd=path.parent)
-        outcomes, logs, stacks = _collect(job_dir, ws)
+            commands = [launch.torchrun_command(ws // plan.nnodes, worker, nnodes=plan.nnodes, node_rank=node,
+                                                endpoint=endpoint, run_id=run_id) for node in range(plan.nnodes)]
+            env = policy.rank_env(plan.profile)
+
+        def limit(_elapsed: float) -> float:
+            # Each exercise gets its own time limit, counted from the moment the previous one finished.
+            done = sum(all(result_path(job_dir, r, i).exists() for r in range(ws)) for i in range(n))
+            return sum(limits[:done + 1])
+
+        result = launch.run_job(commands, job_dir, limit, env, cwd=plan.path.parent)
+        outcomes, logs, stacks = _collect(job_dir, ws, n)
         flooded = [r for r in range(ws) if _size(job_dir / f"rank{r}.log") >= OUTPUT_LIMIT_BYTES]
     finally:
         shutil.rmtree(job_dir, ignore_errors=True)
 
-    base.update(seconds=round(result.seconds, 2), logs=logs)
+    verdicts: list[Verdict | None] = []
+    for i, (exercise, check, params) in enumerate(plan.items):
+        row = outcomes[i]
+        complete = all(o is not None and o.ok for o in row)
+        if verdicts and (verdicts[-1] is None or not _completed(outcomes[i - 1])):
+            verdicts.append(None)  # the job stopped before this exercise
+            continue
+        base = dict(exercise=exercise.id, profile=plan.profile.name, world_size=0 if plan.local else ws,
+                    seconds=round(result.seconds, 2), logs=dict(logs))
+        if complete:
+            verdicts.append(_judge(plan, exercise, check, params, row, base))
+        else:
+            verdicts.append(_failure(plan, check, row, result, limits[i], flooded, stacks, base))
+    return verdicts
+
+
+def _completed(row: list[RankOutcome | None]) -> bool:
+    return all(o is not None and o.ok for o in row)
+
+
+def _failure(plan: _Plan, check, row, result, limit: float, flooded, stacks, base) -> Verdict:
+    """Verdict for the first exercise of a job that did not complete on every rank."""
+    ws = plan.world_size
+    logs = base["logs"]
     if flooded:
         return Verdict(passed=False, status="fail",
                        message=f"rank(s) {', '.join(map(str, flooded))} printed more than the output limit "
                                f"({OUTPUT_LIMIT_BYTES // 2**20} MiB) and were stopped",
                        hint="Print less: a print inside a loop floods the log. Print on rank 0, every N steps.",
                        stacks=stacks, **base)
-    if result.timed_out:
-        done = [o.rank for o in outcomes if o is not None]
-        stuck = [r for r in range(ws) if r not in done]
-        places = [f"rank {r}: {_where_stuck(stacks.get(f'rank {r}', ''), str(path)) or 'see its stack'}"
-                  for r in stuck]
-        message = (f"time limit of {limit:.0f} s reached; rank(s) {', '.join(map(str, stuck)) or 'all'} never "
-                   f"finished" + (f" while rank(s) {', '.join(map(str, done))} had" if done else "")
-                   + (" (" + "; ".join(places) + ")" if places else ""))
-        hint = ("A rank is waiting in a collective that another rank never called: every rank must make the "
-                "same collective calls in the same order (no collective inside `if rank == ...`)."
-                if done else "Every rank is stuck or too slow: look at where each one was when time ran out.")
-        return Verdict(passed=False, status="timeout", message=message, hint=hint, stacks=stacks, **base)
-
-    failed = [o for o in outcomes if o is not None and not o.ok]
+    failed = [o for o in row if o is not None and not o.ok]
     if failed:
         # The first failure that is not just a peer noticing another rank's exit explains the most.
         primary = next((o for o in failed if not PEER_FAILURE.search(o.error["message"])), failed[0])
@@ -201,20 +303,32 @@ def run_check(exercise_id: str, *, module: str | Path | None = None, world_size:
         logs[f"rank {primary.rank}"] = (logs.get(f"rank {primary.rank}", "") + "\n" + err["traceback"]).strip()
         return Verdict(passed=False, status="fail", message=re.sub(r"\s+:", ":", message),
                        hint=_explain_error(check, err), **base)
+    done = [o.rank for o in row if o is not None]
+    if result.timed_out:
+        stuck = [r for r in range(ws) if r not in done]
+        places = [f"rank {r}: {_where_stuck(stacks.get(f'rank {r}', ''), str(plan.path)) or 'see its stack'}"
+                  for r in stuck]
+        message = (f"time limit of {limit:.0f} s reached; rank(s) {', '.join(map(str, stuck)) or 'all'} never "
+                   f"finished" + (f" while rank(s) {', '.join(map(str, done))} had" if done else "")
+                   + (" (" + "; ".join(places) + ")" if places else ""))
+        hint = ("A rank is waiting in a collective that another rank never called: every rank must make the "
+                "same collective calls in the same order (no collective inside `if rank == ...`)."
+                if done else "Every rank is stuck or too slow: look at where each one was when time ran out.")
+        return Verdict(passed=False, status="timeout", message=message, hint=hint, stacks=stacks, **base)
+    missing = [r for r in range(ws) if r not in done]
+    logs["torchrun"] = result.agent_log[-LOG_TAIL:]
+    return Verdict(passed=False, status="error",
+                   message=f"rank(s) {', '.join(map(str, missing))} ended without a result "
+                           f"(torchrun exit code {result.returncode})",
+                   hint="The process died before finishing: look for os._exit/sys.exit, a crash, or output "
+                        "beyond the size limit in the output below.", **base)
 
-    missing = [r for r, o in enumerate(outcomes) if o is None]
-    if missing:
-        logs["torchrun"] = result.agent_log[-LOG_TAIL:]
-        return Verdict(passed=False, status="error",
-                       message=f"rank(s) {', '.join(map(str, missing))} ended without a result "
-                               f"(torchrun exit code {result.returncode})",
-                       hint="The process died before finishing: look for os._exit/sys.exit, a crash, or output "
-                            "beyond the size limit in the output below.", **base)
 
-    run = Run(exercise=exercise_id, world_size=ws, params=params, ranks=tuple(outcomes),
-              thresholds=dict(exercise.thresholds.get(prof.name, {})), profile=prof.name)
+def _judge(plan: _Plan, exercise, check, params, row, base) -> Verdict:
+    run = Run(exercise=exercise.id, world_size=plan.world_size, params=params, ranks=tuple(row),
+              thresholds=dict(exercise.thresholds.get(plan.profile.name, {})), profile=plan.profile.name)
     try:
-        summary = check.judge(run) if not local else _local_summary(outcomes[0])
+        summary = _local_summary(row[0]) if plan.local else check.judge(run)
     except CheckFailed as failure:
         return Verdict(passed=False, message=failure.message, hint=failure.hint,
                        details=getattr(failure, "details", {}), **base)
@@ -234,7 +348,7 @@ def _local_summary(outcome: RankOutcome) -> str:
 def check(exercise_id: str, **overrides: Any) -> None:
     """Notebook/test entry: print one success line, or raise AssertionError with the message and hint."""
     try:
-        verdict = run_check(exercise_id, **overrides)
+        verdict = run_check(exercise_id, cache=NOTEBOOK_CACHE, **overrides)
     except config.ConfigError as exc:
         raise AssertionError(f"course configuration problem: {exc}") from None
     if not verdict.passed:

@@ -15,6 +15,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 TOKEN_ENV = "COURSE_CHECK_TOKEN"
 STACK_SIGNAL = signal.SIGUSR1       # the worker dumps its Python stack on this signal
@@ -120,13 +121,16 @@ def _tail(path: Path, limit: int) -> str:
     return ("[... earlier output cut ...]\n" + text) if size > limit else text
 
 
-def run_job(commands: list[list[str]], job_dir: Path, time_limit: float, env: dict[str, str],
-            cwd: Path | None = None) -> LaunchResult:
+def run_job(commands: list[list[str]], job_dir: Path, time_limit: float | Callable[[float], float],
+            env: dict[str, str], cwd: Path | None = None) -> LaunchResult:
     """Run one or more torchrun agents (one per simulated node) until they exit or time runs out.
 
-    The agents' own output goes to job_dir/agent.log. On time-out every rank's Python
-    stack is dumped into job_dir/rank<N>.stack before everything is killed.
+    `time_limit` is seconds from the start, or a function of the elapsed seconds that
+    returns the current limit (a job of several exercises earns more time as it makes
+    progress). The agents' own output goes to job_dir/agent.log. On time-out every rank's
+    Python stack is dumped into job_dir/rank<N>.stack before everything is killed.
     """
+    limit = time_limit if callable(time_limit) else (lambda _elapsed: time_limit)
     job_dir.mkdir(parents=True, exist_ok=True)
     token = uuid.uuid4().hex
     full_env = {**os.environ, **env, TOKEN_ENV: token, "PYTHONUNBUFFERED": "1"}
@@ -138,12 +142,13 @@ def run_job(commands: list[list[str]], job_dir: Path, time_limit: float, env: di
             for cmd in commands:
                 procs.append(subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                               env=full_env, cwd=cwd, start_new_session=True))
-            for p in procs:
-                remaining = time_limit - (time.monotonic() - start)
-                p.wait(timeout=max(remaining, 0.01))
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            _dump_stacks(job_dir)
+            while any(p.poll() is None for p in procs):
+                elapsed = time.monotonic() - start
+                if elapsed > limit(elapsed):
+                    timed_out = True
+                    _dump_stacks(job_dir)
+                    break
+                time.sleep(0.1)
         finally:
             # Whatever happened (including KeyboardInterrupt in a notebook), nothing outlives the job.
             for p in procs:

@@ -105,30 +105,49 @@ def describe_exception(exc: BaseException, learner_file: str | None) -> dict[str
     }
 
 
-def _write_result(job_dir: Path, rank: int, payload: dict[str, Any]) -> None:
-    tmp = job_dir / f".rank{rank}.json.tmp"
+def result_path(job_dir: Path, rank: int, index: int) -> Path:
+    """Where rank `rank` writes its result for the job's exercise number `index`."""
+    return job_dir / f"rank{rank}.{index}.json"
+
+
+def _write_result(job_dir: Path, rank: int, index: int, payload: dict[str, Any]) -> None:
+    tmp = job_dir / f".rank{rank}.{index}.tmp"
     tmp.write_text(json.dumps(payload))
-    tmp.rename(job_dir / f"rank{rank}.json")
+    tmp.rename(result_path(job_dir, rank, index))
 
 
-def _wait_for_peers(job_dir: Path, world_size: int, deadline: float) -> None:
-    """Stay alive (without any collective) until every rank wrote its result or one failed.
+def _wait_for_peers(job_dir: Path, world_size: int, index: int, deadline: float) -> bool:
+    """File-system barrier after exercise `index`: True when every rank succeeded, False if one failed.
 
-    A rank that finished must not exit while a peer still waits in a collective it
-    skipped: its exit would turn a clear hang (with stacks) into a confusing
-    'connection closed' error on the peer.
+    No collective is used, so a rank that finished never exits while a peer still waits in a
+    collective it skipped (which would turn a clear hang, with stacks, into a confusing
+    'connection closed' on the peer), and a batch never runs on after one rank failed.
     """
     while time.monotonic() < deadline:
-        results = [job_dir / f"rank{r}.json" for r in range(world_size)]
-        present = [p for p in results if p.exists()]
-        if len(present) == world_size:
-            return
+        present = [p for p in (result_path(job_dir, r, index) for r in range(world_size)) if p.exists()]
         if any(not json.loads(p.read_text()).get("ok", False) for p in present):
-            return
+            return False
+        if len(present) == world_size:
+            return True
         time.sleep(0.05)
+    return False
+
+
+def _run_one(check, ctx: RankContext, learner) -> Any:
+    from . import checks
+
+    if isinstance(check, checks.LocalCheck):
+        try:
+            return {"summary": check.run(learner, ctx.params)}
+        except checks.CheckFailed as failure:
+            return {"failed": failure.message, "hint": failure.hint}
+    if check.init_group:
+        ctx.init_group()
+    return check.scenario(ctx, learner)
 
 
 def main(job_dir: str) -> int:
+    """Run the job's exercises in order (several share one launch when they use the same module)."""
     job_dir = Path(job_dir)
     job = json.loads((job_dir / "job.json").read_text())
     rank = int(os.environ["RANK"])
@@ -140,44 +159,42 @@ def main(job_dir: str) -> int:
 
     from . import checks  # imported after output capture, so import warnings are captured too
 
-    check = checks.get(job["exercise"])
-    if isinstance(check, checks.LocalCheck):
-        ctx = RankContext(rank=0, local_rank=0, world_size=1, device="cpu", backend="", params=job["params"],
-                          job_dir=job_dir, time_limit=job["time_limit"])
-    else:
+    todo = [(checks.get(e["id"]), e["params"]) for e in job["exercises"]]
+    distributed = not all(isinstance(c, checks.LocalCheck) for c, _ in todo)
+    local_rank, world_size, device, backend = 0, 1, "cpu", ""
+    calls: Counter = Counter()
+    if distributed:
         import torch
 
         from .policy import backend_for, device_name
 
-        local_rank = int(os.environ["LOCAL_RANK"])
+        local_rank, world_size = int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
         device = device_name(local_rank, torch.cuda.is_available())
-        ctx = RankContext(rank=rank, local_rank=local_rank, world_size=int(os.environ["WORLD_SIZE"]),
-                          device=device, backend=backend_for(device), params=job["params"], job_dir=job_dir,
-                          time_limit=job["time_limit"])
-        _spy_on_collectives(ctx.calls)
-    payload: dict[str, Any]
-    phase = "import"
-    try:
-        learner = import_learner_module(Path(job["module"])) if job.get("module") else None
-        phase = "run"
-        if isinstance(check, checks.LocalCheck):
-            try:
-                result = {"summary": check.run(learner, ctx.params)}
-            except checks.CheckFailed as failure:
-                result = {"failed": failure.message, "hint": failure.hint}
-        else:
-            if check.init_group:
-                ctx.init_group()
-            result = check.scenario(ctx, learner)
-        payload = {"ok": True, "result": result}
-    except BaseException as exc:  # noqa: the learner's code may raise anything, SystemExit included
-        payload = {"ok": False, "phase": phase, "error": describe_exception(exc, job.get("module"))}
-    payload["calls"] = dict(ctx.calls)
-    payload["seconds"] = time.monotonic() - start
-    _write_result(job_dir, rank, payload)
-    if payload["ok"]:
-        _wait_for_peers(job_dir, ctx.world_size, start + job["time_limit"])
-    if payload["ok"] and "torch.distributed" in sys.modules:
+        backend = backend_for(device)
+        _spy_on_collectives(calls)
+
+    all_ok, learner, imported = True, None, False
+    for index, (check, params) in enumerate(todo):
+        calls.clear()
+        ctx = RankContext(rank=rank, local_rank=local_rank, world_size=world_size, device=device,
+                          backend=backend, params=params, job_dir=job_dir, time_limit=job["time_limit"], calls=calls)
+        t0 = time.monotonic()
+        phase = "import"
+        try:
+            if not imported:
+                learner = import_learner_module(Path(job["module"])) if job.get("module") else None
+                imported = True
+            phase = "run"
+            payload = {"ok": True, "result": _run_one(check, ctx, learner)}
+        except BaseException as exc:  # noqa: the learner's code may raise anything, SystemExit included
+            payload = {"ok": False, "phase": phase, "error": describe_exception(exc, job.get("module"))}
+        payload["calls"] = dict(calls)
+        payload["seconds"] = time.monotonic() - t0
+        _write_result(job_dir, rank, index, payload)
+        all_ok = payload["ok"] and _wait_for_peers(job_dir, world_size, index, start + job["time_limit"])
+        if not all_ok:
+            break
+    if all_ok and "torch.distributed" in sys.modules:
         import torch.distributed as dist
 
         if dist.is_initialized():

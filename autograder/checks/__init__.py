@@ -49,6 +49,7 @@ class DistributedCheck:
     init_group: bool = True                          # the harness creates the process group first
     explain: Callable[[dict], str | None] = lambda error: None  # exception -> hint, check-specific
     defaults: dict[str, Any] = field(default_factory=dict)      # scenario parameters
+    shareable: bool = True   # may share a launch with the module's other exercises (False: it times itself)
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class LocalCheck:
     functions: tuple[str, ...]
     run: Callable[[Any, dict[str, Any]], str]        # (learner module, params) -> summary; raises CheckFailed
     defaults: dict[str, Any] = field(default_factory=dict)
+    shareable: bool = True
 
 
 Check = DistributedCheck | LocalCheck
