@@ -8,3 +8,5 @@ c.Execute.timeout = 900
 # Keep feedback readable when a learner's code floods its output.
 c.LimitOutput.max_lines = 200
 c.LimitOutput.max_traceback = 100
+# A deleted test cell is put back (and run), rather than silently scoring nothing.
+c.OverwriteCells.add_missing_cells = True

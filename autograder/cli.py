@@ -41,9 +41,21 @@ def _release(args) -> int:
 
 
 def _grade(args) -> int:
-    from .nbglue import grade
+    from .grading import grade
 
-    grade(args.submissions, out=args.out, assignments=args.assignment or None)
+    grade(args.submissions, out=args.out, assignments=args.assignment or None, jobs=args.jobs)
+    return EXIT_PASS
+
+
+def _data(args) -> int:
+    from eurosat.data import DataError, prepare
+
+    try:
+        prepare(source=args.source, archive=args.archive, images_per_class=args.images_per_class,
+                seed=args.seed, force=args.force)
+    except (DataError, ValueError, OSError) as exc:
+        print(f"course data: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     return EXIT_PASS
 
 
@@ -67,11 +79,22 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("assignment", nargs="*", help="assignment ids (default: all in course.yaml)")
     r.set_defaults(run=_release)
 
-    g = sub.add_parser("grade", help="autograde a folder of submissions and write a grades CSV")
-    g.add_argument("submissions", help="folder laid out as SUBMISSIONS/<student>/<assignment>/<notebook>.ipynb")
+    g = sub.add_parser("grade", help="autograde submissions; write feedback and a grades CSV (resumable)")
+    g.add_argument("submissions", help="folder STUDENT/ASSIGNMENT/NOTEBOOK.ipynb, or an LMS zip "
+                                       "(files named STUDENT_..._NOTEBOOK.ipynb)")
+    g.add_argument("--jobs", type=int, default=1, help="grade this many submissions at once, each on its own cores")
     g.add_argument("--out", default="grading", help="output folder (gradebook, feedback, grades.csv)")
     g.add_argument("--assignment", action="append", help="only these assignments")
     g.set_defaults(run=_grade)
+
+    d = sub.add_parser("data", help="prepare EuroSAT: download, --archive, or the offline synthetic stand-in")
+    d.add_argument("--source", choices=["auto", "synthetic"], default="auto",
+                   help="auto: real EuroSAT if it can be had, else synthetic (default)")
+    d.add_argument("--archive", help="path to the EuroSAT RGB zip (EuroSAT.zip), for machines without internet")
+    d.add_argument("--images-per-class", type=int, default=300, help="synthetic set size per class (default 300)")
+    d.add_argument("--seed", type=int, default=0, help="synthetic set seed (default 0)")
+    d.add_argument("--force", action="store_true", help="rebuild even if a dataset is already prepared")
+    d.set_defaults(run=_data)
     return p
 
 

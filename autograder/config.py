@@ -28,6 +28,7 @@ class Profile:
     max_ranks: int
     threads_per_rank: int | None  # OMP_NUM_THREADS for every rank; None leaves torch's default
     hide_gpus: bool               # run ranks with CUDA_VISIBLE_DEVICES="" (the CPU profile on a GPU host)
+    memory_limit_gb: float | None = None  # address-space cap per rank (CPU only: CUDA reserves huge ranges)
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ class Course:
 # ---------------------------------------------------------------- validation
 
 _TOP_KEYS = {"title", "profiles", "assignments"}
-_PROFILE_KEYS = {"backend", "ranks", "max_ranks", "threads_per_rank", "hide_gpus"}
+_PROFILE_KEYS = {"backend", "ranks", "max_ranks", "threads_per_rank", "hide_gpus", "memory_limit_gb"}
 _ASSIGNMENT_KEYS = {"id", "notebook", "graded", "exercises"}
 _EXERCISE_KEYS = {"id", "module", "points", "world_size", "time_limit", "thresholds"}
 
@@ -145,7 +146,13 @@ def _profile(r: _Reader, name: str, raw: Any) -> Profile:
     threads = raw.get("threads_per_rank")
     if threads is not None:
         threads = r.number(threads, f"{where}.threads_per_rank", integer=True)
+    memory = raw.get("memory_limit_gb")
+    if memory is not None:
+        memory = float(r.number(memory, f"{where}.memory_limit_gb"))
+        if raw["backend"] == "nccl":
+            raise r.error(f"{where}.memory_limit_gb", "cannot be used with nccl: CUDA reserves address space")
     return Profile(
+        memory_limit_gb=memory,
         name=name,
         backend=raw["backend"],
         ranks=None if ranks == "auto" else ranks,

@@ -65,11 +65,11 @@ def processes_with_env(name: str, value: str) -> list[int]:
     return pids
 
 
-def sweep(token: str) -> list[int]:
-    """Kill every process that carries the job's token; return the pids that were alive."""
+def sweep(token: str, name: str = TOKEN_ENV) -> list[int]:
+    """Kill every process whose environment has name=token; return the pids that were alive."""
     killed = []
     for _ in range(20):
-        pids = processes_with_env(TOKEN_ENV, token)
+        pids = processes_with_env(name, token)
         if not pids:
             break
         for pid in pids:
@@ -122,13 +122,14 @@ def _tail(path: Path, limit: int) -> str:
 
 
 def run_job(commands: list[list[str]], job_dir: Path, time_limit: float | Callable[[float], float],
-            env: dict[str, str], cwd: Path | None = None) -> LaunchResult:
+            env: dict[str, str], cwd: Path | None = None, cpus: set[int] | None = None) -> LaunchResult:
     """Run one or more torchrun agents (one per simulated node) until they exit or time runs out.
 
     `time_limit` is seconds from the start, or a function of the elapsed seconds that
     returns the current limit (a job of several exercises earns more time as it makes
     progress). The agents' own output goes to job_dir/agent.log. On time-out every rank's
     Python stack is dumped into job_dir/rank<N>.stack before everything is killed.
+    `cpus` pins the job to those cores (None: inherit this process's).
     """
     limit = time_limit if callable(time_limit) else (lambda _elapsed: time_limit)
     job_dir.mkdir(parents=True, exist_ok=True)
@@ -141,7 +142,8 @@ def run_job(commands: list[list[str]], job_dir: Path, time_limit: float | Callab
         try:
             for cmd in commands:
                 procs.append(subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                              env=full_env, cwd=cwd, start_new_session=True))
+                                              env=full_env, cwd=cwd, start_new_session=True,
+                                              preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None))
             while any(p.poll() is None for p in procs):
                 elapsed = time.monotonic() - start
                 if elapsed > limit(elapsed):

@@ -1,17 +1,16 @@
-"""nbgrader glue: regenerate release/ from source/, and autograde a folder of submissions into a grades CSV.
+"""nbgrader glue: validate source notebooks, run nbgrader commands, regenerate release/ from source/.
 
 nbgrader always works in a scratch course root that holds only the notebooks, so that
 files a notebook wrote with %%writefile (solutions!) can never be copied into release/.
 """
 from __future__ import annotations
 
-import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from .config import REPO_ROOT, Assignment, ConfigError, Course, course_root
@@ -58,10 +57,16 @@ def validate_source(course: Course, assignment: Assignment, root: Path) -> None:
 
 # ------------------------------------------------------------------ running nbgrader
 
-def _nbgrader(root: Path, *args: str) -> str:
+def _path_with_this_python() -> str:
+    """nbgrader runs helpers (alembic, jupyter) by name: they must be this environment's."""
+    return os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+
+
+def run_nbgrader(root: Path, *args: str, env: dict[str, str] | None = None) -> str:
     """Run one nbgrader command in a scratch course root; its output comes back, never to our stderr."""
     proc = subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=root, stdin=subprocess.DEVNULL,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env={**os.environ, **(env or {}), "PATH": _path_with_this_python()})
     if proc.returncode != 0:
         raise GradingError(f"nbgrader {' '.join(args)} failed:\n{proc.stdout[-4000:]}")
     return proc.stdout
@@ -91,7 +96,7 @@ def release(assignment_ids: list[str] | None = None, *, dest: Path | None = None
     written = []
     try:
         for a in assignments:
-            _nbgrader(root, "generate_assignment", a.id, "--force")
+            run_nbgrader(root, "generate_assignment", a.id, "--force")
             target = dest / a.id
             shutil.rmtree(target, ignore_errors=True)
             shutil.copytree(root / "release" / a.id, target)
@@ -100,78 +105,3 @@ def release(assignment_ids: list[str] | None = None, *, dest: Path | None = None
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return written
-
-
-# ------------------------------------------------------------------ grading
-
-@dataclass(frozen=True)
-class GradeRow:
-    student: str
-    assignment: str
-    points: dict[str, float]   # grade_id -> score
-    total: float
-    max_total: float
-
-
-def _submissions(folder: Path, assignments: list[Assignment]) -> dict[str, list[Assignment]]:
-    """student -> assignments they submitted, from SUBMISSIONS/<student>/<assignment>/<notebook>."""
-    found: dict[str, list[Assignment]] = {}
-    for student_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
-        for a in assignments:
-            if (student_dir / a.id / a.notebook).is_file():
-                found.setdefault(student_dir.name, []).append(a)
-    if not found:
-        raise ConfigError(f"{folder}: no submissions found; expected {folder}/<student>/<assignment>/<notebook>.ipynb")
-    return found
-
-
-def grade(submissions: str | Path, *, out: str | Path = "grading", assignments: list[str] | None = None) -> Path:
-    """Autograde SUBMISSIONS/<student>/<assignment>/ with nbgrader; write feedback and out/grades.csv."""
-    course = load_course()
-    chosen = [a for a in _selected(course, assignments) if a.graded]
-    found = _submissions(Path(submissions), chosen)
-    out = Path(out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    shutil.copy(NBGRADER_CONFIG, out / "nbgrader_config.py")
-    used = {a.id: a for alist in found.values() for a in alist}
-    for a in used.values():
-        (out / "source" / a.id).mkdir(parents=True, exist_ok=True)
-        shutil.copy(course_root() / "source" / a.id / a.notebook, out / "source" / a.id / a.notebook)
-        _nbgrader(out, "generate_assignment", a.id, "--force")
-    for student, alist in found.items():
-        for a in alist:
-            target = out / "submitted" / student / a.id
-            shutil.rmtree(target, ignore_errors=True)
-            shutil.copytree(Path(submissions) / student / a.id, target)
-    rows = []
-    for a in used.values():
-        _nbgrader(out, "autograde", a.id, "--create", "--force")
-        _nbgrader(out, "generate_feedback", a.id, "--force")
-        rows += _read_grades(out, a, [s for s, alist in found.items() if a in alist])
-    path = out / "grades.csv"
-    write_csv(rows, course, path)
-    print(f"graded {len(rows)} submission(s); grades: {path}; feedback: {out / 'feedback'}")
-    return path
-
-
-def _read_grades(root: Path, assignment: Assignment, students: list[str]) -> list[GradeRow]:
-    from nbgrader.api import Gradebook
-
-    rows = []
-    with Gradebook(f"sqlite:///{root / 'gradebook.db'}") as gb:
-        notebook = Path(assignment.notebook).stem
-        for student in students:
-            points = {e.grade_id: float(gb.find_grade(e.grade_id, notebook, assignment.id, student).score)
-                      for e in assignment.exercises}
-            rows.append(GradeRow(student, assignment.id, points, sum(points.values()), assignment.points))
-    return rows
-
-
-def write_csv(rows: list[GradeRow], course: Course, path: Path) -> None:
-    """One row per (student, assignment): per-exercise points, total, maximum."""
-    grade_ids = [e.grade_id for e in course.exercises]
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["student", "assignment", *grade_ids, "total", "max"])
-        for r in sorted(rows, key=lambda r: (r.student, r.assignment)):
-            w.writerow([r.student, r.assignment, *(r.points.get(g, "") for g in grade_ids), r.total, r.max_total])

@@ -13,11 +13,19 @@ from .config import ConfigError, Course, Profile
 PROFILE_ENV = "COURSE_PROFILE"
 
 
-def visible_gpu_count() -> int:
-    """GPUs torch can see; 0 when torch has no CUDA or none is visible."""
-    import torch
+def visible_gpu_count(env: Mapping[str, str] = os.environ, driver_dir: str = "/proc/driver/nvidia/gpus") -> int:
+    """NVIDIA GPUs this process may use, read without importing torch (a notebook cell stays fast).
 
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    The driver lists one folder per GPU; CUDA_VISIBLE_DEVICES narrows that ("" hides all).
+    """
+    try:
+        installed = len(os.listdir(driver_dir))
+    except OSError:
+        return 0
+    visible = env.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return installed
+    return min(installed, len([d for d in visible.split(",") if d.strip() and not d.strip().startswith("-")]))
 
 
 def choose_profile(course: Course, requested: str | None = None, *, gpus: int | None = None,

@@ -21,26 +21,32 @@ def _figure_html(verdict: Verdict) -> str:
     return f'<img alt="{html.escape(verdict.exercise)} figure" src="data:image/png;base64,{png}"/>' if png else ""
 
 
-def self_check(assignment: str, runner: Callable[..., Verdict] | None = None):
+def self_check(assignment: str) -> None:
     """Show a self-check button for each exercise of an assignment (nothing while nbgrader grades)."""
     if grading():
-        return None
+        return
+    from IPython.display import display
+
+    from .harness import NOTEBOOK_CACHE, run_check
+
+    display(check_buttons(assignment, lambda exercise_id: run_check(exercise_id, cache=NOTEBOOK_CACHE)))
+
+
+def check_buttons(assignment: str, runner: Callable[[str], Verdict]):
+    """The widget: one row per exercise, a button and the place its verdict appears."""
     import ipywidgets as w
 
-    from .harness import run_check
-
-    runner = runner or run_check
     course = config.load()
     rows = []
     for exercise in course.assignment(assignment).exercises:
         button = w.Button(description=f"Check {exercise.id}", layout=w.Layout(width="220px"),
-                          tooltip=f"Runs {exercise.module} under torchrun and compares with the reference")
+                          tooltip=f"Checks your {exercise.module} against the reference")
         out = w.HTML(value="<i>not checked yet</i>")
 
         def on_click(_, exercise=exercise, button=button, out=out):
             button.disabled = True
             button.icon = "spinner"
-            out.value = f"<i>running {html.escape(exercise.id)} (launching torchrun, about 10-60 s)...</i>"
+            out.value = f"<i>checking {html.escape(exercise.id)} (a torchrun check takes 10-60 s)...</i>"
             try:
                 verdict = runner(exercise.id)
                 out.value = verdict.to_html() + _figure_html(verdict)
@@ -52,8 +58,4 @@ def self_check(assignment: str, runner: Callable[..., Verdict] | None = None):
 
         button.on_click(on_click)
         rows.append(w.HBox([button, out]))
-    box = w.VBox(rows)
-    from IPython.display import display
-
-    display(box)
-    return box
+    return w.VBox(rows)

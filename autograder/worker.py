@@ -155,6 +155,9 @@ def main(job_dir: str) -> int:
     stack_file = open(job_dir / f"rank{rank}.stack", "w")
     faulthandler.register(STACK_SIGNAL, file=stack_file, all_threads=True)
     _capture_output(job_dir, rank)
+    if job.get("memory_limit_gb"):
+        cap = int(job["memory_limit_gb"] * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     start = time.monotonic()
 
     from . import checks  # imported after output capture, so import warnings are captured too

@@ -112,3 +112,9 @@ def test_check_prints_one_line_on_pass_and_nothing_on_stderr(capfd, tmp_path):
     out, err = capfd.readouterr()
     assert err == ""
     assert out.count("\n") == 1 and out.startswith("PASS torchrun.gather")
+
+
+def test_unbounded_memory_is_capped_with_a_clear_verdict():
+    v = run_check("torchrun.env", module=control("harness", "eats_memory"))
+    assert not v.passed and "MemoryError" in v.message
+    assert "memory limit" in v.hint

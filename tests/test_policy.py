@@ -57,3 +57,23 @@ def test_cpu_profile_environment(course):
 def test_device_backend_and_ddp_device_ids(local_rank, cuda, device, backend, device_ids):
     d = policy.device_name(local_rank, cuda)
     assert (d, policy.backend_for(d), policy.ddp_device_ids(d)) == (device, backend, device_ids)
+
+
+@pytest.mark.parametrize("gpus_on_host, visible, expected", [
+    (0, None, 0),
+    (4, None, 4),
+    (4, "", 0),          # the cpu profile hides every GPU
+    (4, "1,3", 2),
+    (2, "0,1,2,3", 2),   # cannot see more than the driver has
+])
+def test_gpu_count_without_torch(tmp_path, gpus_on_host, visible, expected):
+    driver = tmp_path / "gpus"
+    driver.mkdir()
+    for i in range(gpus_on_host):
+        (driver / f"0000:0{i}:00.0").mkdir()
+    env = {} if visible is None else {"CUDA_VISIBLE_DEVICES": visible}
+    assert policy.visible_gpu_count(env, str(driver)) == expected
+
+
+def test_no_driver_means_no_gpu(tmp_path):
+    assert policy.visible_gpu_count({}, str(tmp_path / "missing")) == 0

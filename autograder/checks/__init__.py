@@ -49,7 +49,7 @@ class DistributedCheck:
     init_group: bool = True                          # the harness creates the process group first
     explain: Callable[[dict], str | None] = lambda error: None  # exception -> hint, check-specific
     defaults: dict[str, Any] = field(default_factory=dict)      # scenario parameters
-    shareable: bool = True   # may share a launch with the module's other exercises (False: it times itself)
+    measures_speed: bool = False  # times itself: runs alone (no shared launch; exclusive machine when grading)
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class LocalCheck:
     functions: tuple[str, ...]
     run: Callable[[Any, dict[str, Any]], str]        # (learner module, params) -> summary; raises CheckFailed
     defaults: dict[str, Any] = field(default_factory=dict)
-    shareable: bool = True
+    measures_speed: bool = False
 
 
 Check = DistributedCheck | LocalCheck

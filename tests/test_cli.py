@@ -1,0 +1,44 @@
+"""`course check` exit codes and output: 0 pass, 1 fail, 2 usage or environment error."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import control
+
+
+def course(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "autograder.cli", *args], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.mark.slow
+def test_pass_is_exit_0_with_json():
+    proc = course("check", "torchrun.env", "--module", str(control("torchrun", "solution")), "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    verdict = json.loads(proc.stdout)
+    assert verdict["passed"] and verdict["world_size"] == 2 and verdict["profile"] == "cpu"
+
+
+def test_fail_is_exit_1_with_hint():
+    proc = course("check", "torchrun.env", "--module", str(control("torchrun", "stub")))
+    assert proc.returncode == 1
+    assert "torchrun.env" in proc.stdout and "Hint:" in proc.stdout
+
+
+@pytest.mark.parametrize("args", [["check"], ["check", "torchrun.env", "--profile", "tpu"], ["frobnicate"]])
+def test_usage_errors_are_exit_2(args):
+    assert course(*args).returncode == 2
+
+
+def test_unknown_exercise_is_exit_2_without_traceback():
+    proc = course("check", "ddp.teleport")
+    assert proc.returncode == 2 and "unknown exercise 'ddp.teleport'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_module_is_an_environment_error(tmp_path):
+    proc = course("check", "torchrun.env", cwd=tmp_path)
+    assert proc.returncode == 2 and "does not exist" in proc.stdout

@@ -1,0 +1,91 @@
+"""nbgrader path end to end: release/ in sync with source/, metadata validated, source full marks, release zero."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from autograder import grading, nbglue
+from autograder.config import ConfigError, course_root
+from autograder.harness import load_course
+
+COURSE = load_course()
+GRADED = [a for a in COURSE.assignments if a.exercises]
+
+
+@pytest.mark.slow
+def test_release_is_in_sync_with_source(tmp_path):
+    """Regenerating release/ from source/ changes nothing (CI proves the committed release is current)."""
+    nbglue.release(dest=tmp_path)
+    for a in COURSE.assignments:
+        fresh = json.loads((tmp_path / a.id / a.notebook).read_text())
+        committed_path = course_root() / "release" / a.id / a.notebook
+        assert committed_path.is_file(), f"{committed_path} missing: run `course release`"
+        assert json.loads(committed_path.read_text()) == fresh, f"{a.id}: release/ is stale: run `course release`"
+        extra = {p.name for p in (course_root() / "release" / a.id).iterdir()} - {a.notebook}
+        assert not extra, f"release/{a.id} holds files nbgrader would not ship: {extra}"
+
+
+@pytest.mark.parametrize("a", GRADED, ids=lambda a: a.id)
+def test_release_notebooks_hide_solutions_and_hidden_tests(a):
+    text = (course_root() / "release" / a.id / a.notebook).read_text()
+    assert "BEGIN SOLUTION" not in text and "BEGIN HIDDEN TESTS" not in text
+    assert "YOUR CODE HERE" in text
+
+
+def _with_cell_meta(tmp_path, edit) -> Path:
+    a = GRADED[0]
+    root = tmp_path / "course"
+    shutil.copytree(course_root() / "source" / a.id, root / "source" / a.id)
+    path = root / "source" / a.id / a.notebook
+    nb = json.loads(path.read_text())
+    edit([c["metadata"]["nbgrader"] for c in nb["cells"] if "nbgrader" in c["metadata"]])
+    path.write_text(json.dumps(nb))
+    return root
+
+
+def test_duplicate_grade_ids_are_refused(tmp_path):
+    def dup(cells):
+        graded = [m for m in cells if m.get("grade")]
+        graded[1]["grade_id"] = graded[0]["grade_id"]
+    root = _with_cell_meta(tmp_path, dup)
+    with pytest.raises(ConfigError, match="duplicate grade_id"):
+        nbglue.validate_source(COURSE, GRADED[0], root)
+
+
+def test_test_cell_without_points_is_refused(tmp_path):
+    def no_points(cells):
+        next(m for m in cells if m.get("grade")).pop("points")
+    root = _with_cell_meta(tmp_path, no_points)
+    with pytest.raises(ConfigError, match="has no points"):
+        nbglue.validate_source(COURSE, GRADED[0], root)
+
+
+def test_points_must_match_course_yaml(tmp_path):
+    def more(cells):
+        next(m for m in cells if m.get("grade"))["points"] = 99
+    root = _with_cell_meta(tmp_path, more)
+    with pytest.raises(ConfigError, match="course.yaml gives"):
+        nbglue.validate_source(COURSE, GRADED[0], root)
+
+
+@pytest.mark.timing  # the notebooks' checks measure speed-ups: never beside other tests
+@pytest.mark.parametrize("a", GRADED, ids=lambda a: a.id)
+def test_autograde_source_full_marks_release_zero(tmp_path, a):
+    """The source notebook (solutions) scores every point; the release notebook as shipped scores 0 everywhere."""
+    subs = tmp_path / "submissions"
+    for student, folder in (("solution", "source"), ("blank", "release")):
+        (subs / student / a.id).mkdir(parents=True)
+        shutil.copy(course_root() / folder / a.id / a.notebook, subs / student / a.id / a.notebook)
+    csv_path = grading.grade(subs, out=tmp_path / "grading", assignments=[a.id], progress=False)
+    rows = {r["student"]: r for r in csv.DictReader(open(csv_path))}
+    for e in a.exercises:
+        assert float(rows["solution"][e.grade_id]) == e.points, (e.id, rows["solution"])
+        assert float(rows["blank"][e.grade_id]) == 0, (e.id, rows["blank"])
+    assert float(rows["solution"]["total"]) == a.points
+    assert rows["solution"]["flags"] == "" and rows["blank"]["flags"] == ""  # cells and re-verification agree
+    feedback = tmp_path / "grading" / "feedback" / "solution" / a.id / a.notebook.replace(".ipynb", ".html")
+    assert feedback.is_file()
