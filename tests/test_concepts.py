@@ -1,0 +1,125 @@
+"""03_concepts checks (local, no torchrun): the notebook's solution passes, its blank fails, each mistake is named."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from autograder import run_check
+from autograder.checks import concepts
+from autograder.config import course_root
+from conftest import control
+
+EXERCISES = ["concepts.memory", "concepts.bubble", "concepts.allreduce"]
+NOTEBOOK = course_root() / "source" / "03_concepts" / "03_concepts.ipynb"
+SOLUTION_REGION = re.compile(r"^([ \t]*)### BEGIN SOLUTION\n.*?### END SOLUTION[ \t]*(\n|\Z)", re.S | re.M)
+
+
+def _notebook_module(tmp_path, *, blank: bool):
+    """concepts.py as the source notebook writes it, or as the released notebook does (nbgrader's stub)."""
+    cells = json.loads(NOTEBOOK.read_text())["cells"]
+    cell = next(c for c in cells if c["metadata"].get("nbgrader", {}).get("grade_id") == "concepts")
+    text = "".join(cell["source"])
+    assert text.startswith("%%writefile concepts.py\n")
+    text = text.split("\n", 1)[1]
+    if blank:   # what nbgrader's ClearSolutions leaves in the student's copy
+        text, n = SOLUTION_REGION.subn(r"\1# YOUR CODE HERE\n\1raise NotImplementedError()\n", text)
+        assert n == 3
+    path = tmp_path / "concepts.py"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("exercise", EXERCISES)
+@pytest.mark.parametrize("params", [{}, {"seed": 3}, {"seed": 17, "cases": 60}], ids=["visible", "seed3", "seed17"])
+def test_notebook_solution_passes(tmp_path, exercise, params):
+    v = run_check(exercise, module=_notebook_module(tmp_path, blank=False), profile="cpu", **params)
+    assert v.passed and v.status == "pass", v.to_text()
+    assert v.world_size == 0 and "matched" in v.message   # a local check: no ranks launched
+
+
+@pytest.mark.parametrize("exercise", EXERCISES)
+def test_blank_stub_is_not_implemented(tmp_path, exercise):
+    v = run_check(exercise, module=_notebook_module(tmp_path, blank=True), profile="cpu")
+    assert v.status == "not-implemented" and "NotImplementedError" in v.message, v.to_text()
+    assert "YOUR CODE HERE" in v.hint
+
+
+@pytest.mark.parametrize("exercise, mistake, words", [
+    ("concepts.memory", "memory_no_optimizer_state", "optimizer state forgotten"),
+    ("concepts.memory", "memory_no_gradients", "gradients forgotten"),
+    ("concepts.memory", "memory_mixed_all_2_bytes", "2 B for everything"),
+    ("concepts.memory", "memory_ignores_precision", "split as in fp32"),
+    ("concepts.memory", "memory_zero1_shards_gradients", "ZeRO-1 keeps full gradients"),
+    ("concepts.memory", "memory_zero3_keeps_weights", "ZeRO-3 also divides the weights"),
+    ("concepts.memory", "memory_ddp_divided", "plain data parallelism (DDP)"),
+    ("concepts.memory", "memory_no_validation", "ValueError"),
+    ("concepts.memory", "memory_forgets_return", "return statement"),
+    ("concepts.bubble", "bubble_over_m", "(p - 1)/m compares the idle time with the busy time"),
+    ("concepts.bubble", "bubble_swapped", "arguments swapped"),
+    ("concepts.bubble", "bubble_percent", "not a percentage"),
+    ("concepts.bubble", "bubble_integer_division", "integer (floor) division"),
+    ("concepts.bubble", "bubble_no_validation", "ValueError"),
+    ("concepts.allreduce", "allreduce_one_phase", "one phase only"),
+    ("concepts.allreduce", "allreduce_full_buffer_twice", "the full buffer twice"),
+    ("concepts.allreduce", "allreduce_full_buffer_every_step", "whole buffer at each step"),
+    ("concepts.allreduce", "allreduce_one_rank_sends", "nobody to send to: 0 bytes"),
+    ("concepts.allreduce", "allreduce_divides_by_n_minus_1", "nobody to send to"),
+    ("concepts.allreduce", "allreduce_no_validation", "ValueError"),
+])
+def test_mistake_is_rejected_with_a_hint_that_names_it(exercise, mistake, words):
+    v = run_check(exercise, module=control("concepts", mistake), profile="cpu")
+    assert not v.passed and v.status == "fail", v.to_text()
+    assert words in v.message + " " + v.hint, v.to_text()
+
+
+def test_answers_copied_from_the_visible_run_fail_the_hidden_variant(tmp_path):
+    """A lookup table of every visible case passes the visible check and fails a seeded hidden one."""
+    table = {c: concepts.reference_allreduce(*c) for c in concepts.allreduce_cases(0, 16)}
+    path = tmp_path / "concepts.py"
+    path.write_text(f"TABLE = {table!r}\n\n\ndef ring_allreduce_bytes(n_bytes, world_size):\n"
+                    f"    if world_size < 1 or n_bytes < 0:\n        raise ValueError('invalid')\n"
+                    f"    return TABLE.get((n_bytes, world_size), 0)\n")
+    assert run_check("concepts.allreduce", module=path, profile="cpu").passed
+    v = run_check("concepts.allreduce", module=path, profile="cpu", seed=3)
+    assert not v.passed and "expected" in v.message, v.to_text()
+
+
+# ---------------------------------------------------------------- the references themselves (no subprocess)
+
+@pytest.mark.parametrize("optimizer, precision, parts", [
+    ("adam", "fp32", (4, 4, 8)), ("adam", "mixed", (2, 2, 12)), ("sgd", "fp32", (4, 4, 4)), ("sgd", "mixed", (2, 2, 8)),
+])
+def test_bytes_per_parameter_match_the_notebook_table(optimizer, precision, parts):
+    got = concepts.bytes_per_parameter(optimizer, precision)
+    assert (got["weights"], got["gradients"], got["optimizer"]) == parts
+    row = f"| {precision}, {'Adam' if optimizer == 'adam' else 'SGD with momentum'} | {parts[0]} B | {parts[1]} B |"
+    assert row in NOTEBOOK.read_text(), f"the notebook's memory table has no row {row!r}"
+
+
+def test_zero_stages_per_rank():
+    """1.5B parameters, mixed Adam, 8 ranks: the numbers section 6 of the notebook quotes."""
+    mem = lambda shard: concepts.reference_memory(1_500_000_000, "adam", "mixed", 8, shard)  # noqa: E731
+    assert [mem(s) / 1e9 for s in ("none", "zero1", "zero2", "zero3")] == [24.0, 8.25, 5.625, 3.0]
+    assert concepts.reference_memory(10**6, "adam", "fp32", 1, "zero3") == concepts.reference_memory(10**6)
+
+
+def test_bubble_and_allreduce_edge_cases():
+    assert concepts.reference_bubble(1, 8) == 0 and concepts.reference_bubble(4, 4) == pytest.approx(3 / 7)
+    assert concepts.reference_allreduce(96, 1) == 0 and concepts.reference_allreduce(100, 4) == 150
+
+
+def test_every_typical_mistake_differs_from_the_reference_on_the_visible_cases():
+    """A mistake that equals the reference on every visible case could never be named."""
+    memory_calls = [((n,), dict(optimizer=o, precision=p, world_size=w, shard=s))
+                    for n, o, p, w, s in concepts.memory_cases(0, 24)]
+    for mistakes, reference, calls in [
+        (concepts.MEMORY_MISTAKES, concepts.reference_memory, memory_calls),
+        (concepts.BUBBLE_MISTAKES, concepts.reference_bubble,
+         [((), dict(n_stages=p, n_microbatches=m)) for p, m in concepts.bubble_cases(0, 16)]),
+        (concepts.ALLREDUCE_MISTAKES, concepts.reference_allreduce,
+         [((), dict(n_bytes=n, world_size=w)) for n, w in concepts.allreduce_cases(0, 16)]),
+    ]:
+        for m in mistakes:
+            assert any(not concepts._close(m.formula(*a, **k), reference(*a, **k)) for a, k in calls), m.name
