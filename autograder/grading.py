@@ -354,6 +354,7 @@ def grade(submissions: str | Path, *, out: str | Path = "grading", assignments: 
     except KeyboardInterrupt:
         for sub, proc, token, log, _ in running.values():
             _stop(proc, token)
+        write_csv(out, course)
         print(f"\ninterrupted: every recorded grade is kept in {out / 'records'}; run the same command to go on.",
               file=sys.stderr)
         raise

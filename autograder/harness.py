@@ -57,7 +57,8 @@ def preflight(path: Path, functions: tuple[str, ...]) -> tuple[str, str, str] | 
                     f"Keep the function name {name} from the exercise cell; the checks call it by name.")
     stubs = [name for name in functions if _is_stub(defined[name])]
     if stubs:
-        return ("not-implemented", f"{', '.join(n + '()' for n in stubs)} still raise NotImplementedError",
+        verb = "raises" if len(stubs) == 1 else "raise"
+        return ("not-implemented", f"{', '.join(n + '()' for n in stubs)} still {verb} NotImplementedError",
                 "Replace '# YOUR CODE HERE' and the raise line with your code, run the cell, then re-check.")
     return None
 
@@ -216,7 +217,7 @@ def run_check(exercise_id: str, *, module: str | Path | None = None, world_size:
     verdicts = _launch(plan, limits)
     if cache is not None:
         for (e, c, p), v in zip(items, verdicts):
-            if v is not None and v.status in ("pass", "fail"):
+            if v is not None and v.status in ("pass", "fail", "timeout"):
                 cache.put(VerdictCache.key(e.id, path, settings, p), v)
     return verdicts[0]
 
@@ -250,8 +251,8 @@ def _launch(plan: _Plan, limits: list[float]) -> list[Verdict | None]:
             env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"}
         else:
             endpoint, run_id = f"127.0.0.1:{launch.free_port()}", uuid.uuid4().hex[:8]
-            commands = [launch.torchrun_command(ws // plan.nnodes, worker, nnodes=plan.nnodes, node_rank=node,
-                                                endpoint=endpoint, run_id=run_id) for node in range(plan.nnodes)]
+            commands = [launch.torchrun_command(ws // plan.nnodes, worker, nnodes=plan.nnodes,
+                                                endpoint=endpoint, run_id=run_id) for _ in range(plan.nnodes)]
             env = policy.rank_env(plan.profile)
 
         def limit(_elapsed: float) -> float:

@@ -37,14 +37,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun_command(nprocs: int, args: list[str], *, nnodes: int = 1, node_rank: int = 0,
+def torchrun_command(nprocs: int, args: list[str], *, nnodes: int = 1,
                      endpoint: str | None = None, run_id: str = "") -> list[str]:
     """torchrun (as `python -m torch.distributed.run`, the same interpreter) for one node of a job."""
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nprocs}", "--max-restarts=0"]
     if nnodes == 1:
         cmd.append("--standalone")  # c10d rendezvous on a port the OS picks: checks never collide
     else:
-        cmd += [f"--nnodes={nnodes}", f"--node-rank={node_rank}", "--rdzv-backend=c10d",
+        # With c10d the rendezvous numbers the nodes itself (--node-rank is ignored, with a warning).
+        cmd += [f"--nnodes={nnodes}", "--rdzv-backend=c10d",
                 f"--rdzv-endpoint={endpoint}", f"--rdzv-id={run_id}"]
     return cmd + args
 

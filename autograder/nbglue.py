@@ -11,12 +11,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 
 from .config import REPO_ROOT, Assignment, ConfigError, Course, course_root
 from .harness import load_course
+from .launch import sweep
 
 NBGRADER_CONFIG = REPO_ROOT / "nbgrader_config.py"
+NBGRADER_TOKEN = "COURSE_NBGRADER_TOKEN"  # marks every process an nbgrader command starts
 
 
 class GradingError(Exception):
@@ -63,13 +66,23 @@ def _path_with_this_python() -> str:
 
 
 def run_nbgrader(root: Path, *args: str, env: dict[str, str] | None = None) -> str:
-    """Run one nbgrader command in a scratch course root; its output comes back, never to our stderr."""
-    proc = subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=root, stdin=subprocess.DEVNULL,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          env={**os.environ, **(env or {}), "PATH": _path_with_this_python()})
+    """Run one nbgrader command in a scratch course root; its output comes back, never to our stderr.
+
+    Output goes to a file, not a pipe: a process the notebook left behind would hold a pipe
+    open forever. Everything the command started is killed when it returns.
+    """
+    token = uuid.uuid4().hex
+    with tempfile.TemporaryFile() as out:
+        proc = subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=root, stdin=subprocess.DEVNULL,
+                              stdout=out, stderr=subprocess.STDOUT,
+                              env={**os.environ, **(env or {}), "PATH": _path_with_this_python(),
+                                   NBGRADER_TOKEN: token})
+        sweep(token, NBGRADER_TOKEN)
+        out.seek(0)
+        text = out.read().decode(errors="replace")
     if proc.returncode != 0:
-        raise GradingError(f"nbgrader {' '.join(args)} failed:\n{proc.stdout[-4000:]}")
-    return proc.stdout
+        raise GradingError(f"nbgrader {' '.join(args)} failed:\n{text[-4000:]}")
+    return text
 
 
 def _scratch_root(course: Course, assignments: list[Assignment]) -> Path:
