@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 LAB_IP ?= 127.0.0.1
 PORT   ?= 8888
 
-.PHONY: setup lab test release data clean
+.PHONY: setup lab test release data clean browser
 
 setup: $(VENV)/.setup-stamp
 
@@ -27,8 +27,19 @@ lab: data
 release: setup
 	$(BIN)/course release
 
+# Headless Chromium (Debian's package) for the real-browser test, installed when missing (needs root).
+browser:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium \
+	      || echo "Could not install Chromium: tests/test_browser.py will be skipped."; \
+	  else \
+	    echo "Chromium is missing and installing it needs root and apt-get (sudo apt-get install chromium):"; \
+	    echo "tests/test_browser.py will be skipped."; \
+	  fi; }
+
 # Correctness tests run two at a time; tests that measure speed run alone afterwards.
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest -n 2 -m "not timing"
 	$(BIN)/python -m pytest -p no:xdist -m timing || [ $$? -eq 5 ]  # 5: no timing tests selected
 
