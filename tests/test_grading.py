@@ -82,15 +82,15 @@ CORPUS = {
 
 
 @pytest.fixture(scope="module")
-def graded(tmp_path_factory):
-    """Release the mini course, grade the corpus with --jobs 2; yields (rows, out, root, seconds)."""
+def mini(tmp_path_factory):
+    """The mini course released through nbgrader and the corpus written as submissions; COURSE_ROOT set."""
     tmp = tmp_path_factory.mktemp("grading")
     root = gc.build(tmp / "course")
     tag = uuid.uuid4().hex
     saved = {k: os.environ.get(k) for k in ("COURSE_ROOT", "COURSE_TEST_ID")}
     os.environ.update(COURSE_ROOT=str(root), COURSE_TEST_ID=tag)
     try:
-        from autograder import grading, nbglue
+        from autograder import nbglue
 
         nbglue.release()
         release_nb = root / "release" / gc.ASSIGNMENT / f"{gc.ASSIGNMENT}.ipynb"
@@ -100,21 +100,28 @@ def graded(tmp_path_factory):
             folder.mkdir(parents=True)
             nb = gc.submission(release_nb, case.get("module"), case.get("extra_cells", []), case.get("edit"))
             (folder / f"{gc.ASSIGNMENT}.ipynb").write_text(json.dumps(nb))
-        source_sha = hashlib.sha256((root / "source/mini/mini.ipynb").read_bytes()).hexdigest()
-        start = time.monotonic()
-        csv_path = grading.grade(subs, out=tmp / "out", jobs=2, progress=False)
-        seconds = time.monotonic() - start
-        time.sleep(1)
-        left = processes_with_env("COURSE_TEST_ID", tag)
-        rows = {r["student"]: r for r in csv.DictReader(open(csv_path))}
-        yield dict(rows=rows, out=tmp / "out", root=root, seconds=seconds, leftovers=left, subs=subs,
-                   source_sha=source_sha)
+        yield dict(root=root, subs=subs, tmp=tmp, tag=tag)
     finally:
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def graded(mini):
+    """The whole corpus graded once with --jobs 2."""
+    from autograder import grading
+
+    source_sha = hashlib.sha256((mini["root"] / "source/mini/mini.ipynb").read_bytes()).hexdigest()
+    start = time.monotonic()
+    csv_path = grading.grade(mini["subs"], out=mini["tmp"] / "out", jobs=2, progress=False)
+    seconds = time.monotonic() - start
+    time.sleep(1)
+    rows = {r["student"]: r for r in csv.DictReader(open(csv_path))}
+    return dict(mini, rows=rows, out=mini["tmp"] / "out", seconds=seconds, source_sha=source_sha,
+                leftovers=processes_with_env("COURSE_TEST_ID", mini["tag"]))
 
 
 def points(row) -> tuple[float, float, float]:
@@ -183,44 +190,33 @@ def test_rerun_skips_what_is_graded(graded):
 
     records = sorted((graded["out"] / "records").glob("*/*.json"))
     before = {p: p.stat().st_mtime_ns for p in records}
-    os.environ["COURSE_ROOT"] = str(graded["root"])
-    try:
-        start = time.monotonic()
-        grading.grade(graded["subs"], out=graded["out"], jobs=2, progress=False)
-        assert time.monotonic() - start < 30
-    finally:
-        os.environ.pop("COURSE_ROOT")
+    start = time.monotonic()
+    grading.grade(graded["subs"], out=graded["out"], jobs=2, progress=False)
+    assert time.monotonic() - start < 30
     assert {p: p.stat().st_mtime_ns for p in records} == before
 
 
-def test_lms_zip_is_collected_per_student(graded, tmp_path):
+def test_lms_zip_is_collected_per_student(mini, tmp_path):
     from autograder import grading
     from autograder.config import load
 
     zpath = tmp_path / "lms.zip"
-    src = graded["subs"]
+    src = mini["subs"]
     with zipfile.ZipFile(zpath, "w") as z:
         z.write(src / "honest/mini/mini.ipynb", "honest_1234_5678_mini.ipynb")           # Canvas-style flat
         z.write(src / "blank/mini/mini.ipynb", "Blank Student_99_assignsubmission_file_/mini-1.ipynb")  # Moodle
-    os.environ["COURSE_ROOT"] = str(graded["root"])
-    try:
-        course = load()
-        subs = grading.collect(zpath, list(course.assignments), tmp_path)
-    finally:
-        os.environ.pop("COURSE_ROOT")
+    subs = grading.collect(zpath, list(load().assignments), tmp_path)
     assert sorted((s.student, s.assignment) for s in subs) == [("Blank-Student", "mini"), ("honest", "mini")]
 
 
-def test_interrupt_keeps_recorded_grades(graded, tmp_path):
+def test_interrupt_keeps_recorded_grades(mini, tmp_path):
     """Ctrl-C in the middle: what was recorded stays, the CSV has it, and a re-run finishes the rest."""
     subs = tmp_path / "subs"
     for student in ("blank", "honest"):
         (subs / student / "mini").mkdir(parents=True)
-        (subs / student / "mini" / "mini.ipynb").write_bytes((graded["subs"] / student / "mini/mini.ipynb").read_bytes())
+        (subs / student / "mini" / "mini.ipynb").write_bytes((mini["subs"] / student / "mini/mini.ipynb").read_bytes())
     out = tmp_path / "out"
-    env = {**os.environ, "COURSE_ROOT": str(graded["root"])}
-    proc = subprocess.Popen([sys.executable, "-m", "autograder.cli", "grade", str(subs), "--out", str(out)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "autograder.cli", "grade", str(subs), "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     first = out / "records" / "blank" / "mini.json"
     deadline = time.monotonic() + 240
     while not first.exists() and time.monotonic() < deadline:
