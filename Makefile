@@ -40,7 +40,7 @@ browser:
 
 # Correctness tests run two at a time; tests that measure speed run alone afterwards.
 test: setup browser
-	$(BIN)/python -m pytest -n 2 -m "not timing"
+	$(BIN)/python -m pytest -n 2 --dist loadfile -m "not timing"
 	$(BIN)/python -m pytest -p no:xdist -m timing || [ $$? -eq 5 ]  # 5: no timing tests selected
 
 clean:
