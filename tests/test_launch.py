@@ -116,5 +116,5 @@ def test_check_prints_one_line_on_pass_and_nothing_on_stderr(capfd, tmp_path):
 
 def test_unbounded_memory_is_capped_with_a_clear_verdict():
     v = run_check("torchrun.env", module=control("harness", "eats_memory"))
-    assert not v.passed and "MemoryError" in v.message
+    assert not v.passed and "allocate memory" in v.message  # torch's allocator refuses past the cap
     assert "memory limit" in v.hint
