@@ -59,6 +59,12 @@ def _data(args) -> int:
     return EXIT_PASS
 
 
+def _bench(args) -> int:
+    from .bench import main as bench
+
+    return bench(args.names)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="course", description="Data and Model Parallelism in PyTorch: course tools")
     sub = p.add_subparsers(dest="verb", required=True)
@@ -95,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0, help="synthetic set seed (default 0)")
     d.add_argument("--force", action="store_true", help="rebuild even if a dataset is already prepared")
     d.set_defaults(run=_data)
+
+    b = sub.add_parser("bench", help="reference speed-ups and each check's cost over a bare torchrun, on this machine")
+    b.add_argument("names", nargs="*", help="benchmarks to run (default: all; e.g. floor, ddp)")
+    b.set_defaults(run=_bench)
     return p
 
 
