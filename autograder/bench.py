@@ -110,14 +110,14 @@ def bench_pipeline(b: Bench) -> None:
     v = run_check("pipeline.train", module=train, world_size=2, profile="cpu")
     speed, timeline = v.details.get("speedup"), v.details.get("timeline")
     if speed and timeline:
-        _line("pipeline speed-up, 2 stages x 4 microbatches vs 1",
+        _line("pipeline 2 stages: 4 microbatches vs 1",
               f"{speed['measured']:.2f}x (pairs {', '.join(f'{x:.2f}' for x in speed['ratios'])}; ideal "
               f"{speed['ideal']:.2f}x; pass line {speed['threshold']:.2f}x)")
         for name, bubble in timeline["bubble"].items():
             _line(f"pipeline bubble, {name} 2 x 4", f"{bubble['measured']:.0%} measured, {bubble['formula']:.0%} "
                   f"formula (p-1)/(m+p-1); step {timeline['seconds'][name]:.2f} s")
     else:
-        _line("pipeline speed-up, 2 stages x 4 microbatches vs 1", f"not measured: {v.to_text()}")
+        _line("pipeline 2 stages: 4 microbatches vs 1", f"not measured: {v.to_text()}")
     floor = b.floor()
     _line("pipeline.train check (3 pairs + timeline)", f"{v.seconds:.1f} s, {v.seconds - floor:+.1f} s over the floor"
           + ("" if v.passed else "  [FAILED]"))

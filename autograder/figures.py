@@ -36,20 +36,40 @@ def draw_speedup(ax, data: dict) -> None:
 
 
 def draw_timeline(axes, data: dict) -> None:
+    """One panel per schedule, one row per rank: forward (F) and backward (B) of each microbatch; gaps are the bubble.
+
+    All panels share one time axis, so that schedules can be compared by length. Optional keys:
+    data["bubble"][name] = {"measured", "formula"}, data["seconds"][name] (step time),
+    data["speedup"] = {"measured", "ideal"} (shown above the panels).
+    """
     colors = {"F": "#2f6fb0", "B": "#e0a030"}
+    spans = [max(e[4] for e in ev) - min(e[3] for e in ev) for ev in data["schedules"].values() if ev]
+    longest = max(spans, default=1.0) or 1.0
     for ax, (name, events) in zip(axes, data["schedules"].items()):
         t0 = min(e[3] for e in events) if events else 0.0
         for rank, kind, mb, start, end in events:
-            ax.barh(rank, end - start, left=start - t0, color=colors.get(kind, "#888"), edgecolor="white")
-            ax.text(start - t0 + (end - start) / 2, rank, f"{kind}{mb}", ha="center", va="center", fontsize=7,
-                    color="white")
+            ax.barh(rank, end - start, left=start - t0, height=0.7, color=colors.get(kind, "#888"),
+                    edgecolor="white", linewidth=0.5)
+            if end - start > longest / 60:   # label only the bars wide enough to hold it
+                ax.text(start - t0 + (end - start) / 2, rank, f"{kind}{mb}", ha="center", va="center",
+                        fontsize=7, color="white")
         ranks = sorted({e[0] for e in events})
         ax.set_yticks(ranks, [f"rank {r}" for r in ranks])
-        ax.invert_yaxis()
+        ax.set_ylim(max(ranks, default=0) + 0.6, -0.6)     # rank 0 on top
+        ax.set_xlim(0, longest * 1.02)
+        title = name
         bubble = data.get("bubble", {}).get(name)
-        extra = f"  bubble {bubble['measured']:.0%} measured, {bubble['formula']:.0%} formula" if bubble else ""
-        ax.set_title(f"{name}{extra}", fontsize=9)
-    axes[-1].set_xlabel("seconds")
+        if bubble:
+            title += f": bubble {bubble['measured']:.0%} measured, {bubble['formula']:.0%} by (p-1)/(m+p-1)"
+        seconds = data.get("seconds", {}).get(name)
+        if seconds:
+            title += f"; step {seconds:.2f} s"
+        ax.set_title(title, fontsize=9, loc="left")
+    axes[-1].set_xlabel("seconds since the step began (blue: forward, orange: backward, gaps: idle)")
+    speedup = data.get("speedup")
+    if speedup:
+        axes[0].figure.suptitle(f"{data.get('n_microbatches', 'm')} microbatches vs 1: {speedup['measured']:.2f}x "
+                                f"faster (ideal p*m/(m+p-1) = {speedup['ideal']:.2f}x)", fontsize=10)
 
 
 def draw_memory(ax, data: dict) -> None:

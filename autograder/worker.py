@@ -26,7 +26,7 @@ from .launch import STACK_SIGNAL
 OUTPUT_LIMIT_BYTES = 64 * 1024 * 1024   # a rank that prints more than this is stopped (SIGXFSZ)
 SPIED_COLLECTIVES = ("all_reduce", "all_gather", "all_gather_object", "all_gather_into_tensor", "broadcast",
                      "reduce", "reduce_scatter", "reduce_scatter_tensor", "barrier", "gather", "scatter",
-                     "send", "recv", "isend", "irecv")
+                     "send", "recv")  # not isend/irecv: P2POp accepts only those exact functions
 
 
 @dataclass
