@@ -38,21 +38,14 @@ def _test_cells(cells):
     return [c for c in cells if c.get("metadata", {}).get("nbgrader", {}).get("grade")]
 
 
-def _edit_tests(cells):
-    for c in _test_cells(cells):
-        c["source"] = "pass  # trust me"
-
-
-def _delete_tests(cells):
-    for c in _test_cells(cells):
-        cells.remove(c)
-
-
-def _retype_tests(cells):
-    for c in _test_cells(cells):
-        c["cell_type"] = "markdown"
-        c.pop("outputs", None)
-        c.pop("execution_count", None)
+def _tamper_with_tests(cells):
+    """Edit the first test cell, delete the second, turn the third into markdown."""
+    edited, deleted, retyped = _test_cells(cells)
+    edited["source"] = "pass  # trust me"
+    cells.remove(deleted)
+    retyped["cell_type"] = "markdown"
+    retyped.pop("outputs", None)
+    retyped.pop("execution_count", None)
 
 
 ENV_LINE = '    return int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])'
@@ -61,19 +54,18 @@ CORPUS = {
     "blank": dict(),
     "hang": dict(module=_replace("    dist.all_reduce(total)\n",
                                  "    if dist.get_rank() != 0:\n        dist.all_reduce(total)\n")),
-    "crash": dict(module=_replace(ENV_LINE, '    if os.environ["RANK"] == "1":\n        raise SystemExit(3)\n'
-                                            + ENV_LINE)),
+    # rank 1 dies in dist_env; global_mean allocates without bound (the memory cap stops it)
+    "crash-and-memory": dict(module=_replace(ENV_LINE, '    if os.environ["RANK"] == "1":\n        raise SystemExit(3)\n'
+                                                       + ENV_LINE).replace(
+        "    total = t.clone()\n", "    hoard = [torch.empty(2**24) for _ in iter(int, 1)]\n    total = t.clone()\n")),
     "import-loop": dict(module="while True:\n    pass\n" + SOLUTION),
     "flood": dict(module=_replace(ENV_LINE, "    import sys\n    while True:\n        sys.stderr.write('x' * 4096)\n"),
                   extra_cells=["for i in range(20):\n    print('spam ' * 200_000)"]),
-    "memory": dict(module=_replace(ENV_LINE, "    hoard = []\n    while True:\n        hoard.append(torch.empty(2**24))\n")),
     "orphans": dict(module=_replace(ENV_LINE, "    " + SPAWN.replace("\n", "\n    ") + "\n" + ENV_LINE),
                     extra_cells=[SPAWN]),
     "monkeypatch": dict(extra_cells=["import autograder, autograder.harness\n"
                                      "autograder.check = autograder.harness.check = lambda *a, **k: print('PASS')"]),
-    "edited-tests": dict(edit=_edit_tests),
-    "deleted-tests": dict(edit=_delete_tests),
-    "retyped-tests": dict(edit=_retype_tests),
+    "tampered-tests": dict(edit=_tamper_with_tests),   # nbgrader puts the locked test cells back
     "gradebook-writer": dict(module=SOLUTION, extra_cells=["open('../../../gradebook.db', 'wb').write(b'0' * 100)"]),
     "source-writer": dict(module=SOLUTION, extra_cells=[
         "from autograder.config import course_root\n(course_root() / 'source/mini/mini.ipynb').write_text('{}')\n"
@@ -138,15 +130,12 @@ def test_every_submission_has_a_row_and_no_process_outlives_grading(graded):
     ("honest", (1, 1, 1)),
     ("blank", (0, 0, 0)),
     ("hang", (1, 0, 1)),            # mean hangs (rank 0 skips all_reduce): time-out, the rest still graded
-    ("crash", (0, 1, 1)),
+    ("crash-and-memory", (0, 0, 1)),
     ("import-loop", (0, 0, 0)),
     ("flood", (0, 1, 1)),
-    ("memory", (0, 1, 1)),
     ("orphans", (1, 1, 1)),
     ("monkeypatch", (0, 0, 0)),
-    ("edited-tests", (0, 0, 0)),    # nbgrader puts the locked test cells back
-    ("deleted-tests", (0, 0, 0)),
-    ("retyped-tests", (0, 0, 0)),
+    ("tampered-tests", (0, 0, 0)),  # edited, deleted and retyped test cells are put back and run
     ("source-writer", (1, 1, 1)),   # its own work is right; the tampering is flagged below
 ])
 def test_scores(graded, student, expected):
