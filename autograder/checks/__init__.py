@@ -8,7 +8,9 @@ torchrun (numeric exercises).
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -62,6 +64,25 @@ class LocalCheck:
 
 
 Check = DistributedCheck | LocalCheck
+
+
+@contextmanager
+def environment(values: dict[str, str | None]):
+    """Set (or, for None, remove) environment variables for the duration of the block (scenario helper)."""
+    saved = {k: os.environ.get(k) for k in values}
+
+    def apply(items):
+        for k, v in items.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+    apply(values)
+    try:
+        yield
+    finally:
+        apply(saved)
 _REGISTRY: dict[str, Check] = {}
 
 
@@ -91,4 +112,5 @@ def implemented() -> set[str]:
     return set(_REGISTRY)
 
 
-__all__ = ["CheckFailed", "DistributedCheck", "LocalCheck", "Run", "RankOutcome", "get", "implemented", "register"]
+__all__ = ["CheckFailed", "DistributedCheck", "LocalCheck", "Run", "RankOutcome", "environment", "get",
+           "implemented", "register"]

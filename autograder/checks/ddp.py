@@ -17,28 +17,9 @@ from pathlib import Path
 
 from .. import policy
 from ..verdict import CheckFailed, expect
-from . import DistributedCheck, Run, register
+from . import DistributedCheck, Run, environment, register
 
 # ---------------------------------------------------------------- helpers (run inside the ranks)
-
-
-@contextmanager
-def _environment(values: dict[str, str | None]):
-    """Set (or, for None, remove) environment variables for the duration of the block."""
-    saved = {k: os.environ.get(k) for k in values}
-    for k, v in values.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @contextmanager
@@ -157,7 +138,7 @@ def _simulate_gpu_host(learner) -> dict:
                   if hasattr(accel, name)]
     real_init = dist.init_process_group
     with ExitStack() as stack:
-        stack.enter_context(_environment(dict(SIM_ENV)))
+        stack.enter_context(environment(dict(SIM_ENV)))
         for owner, name, value in fakes:
             stack.enter_context(_patched(owner, name, value, learner))
         try:
@@ -941,7 +922,7 @@ def _train_run(ctx, learner, probe: _TrainingProbe, folder: Path, tag: str, worl
                 "--checkpoint", str(folder / f"{tag}.pt")]
         probe.reset()
         waited = _waited_for_cpu()
-        with _environment(env):
+        with environment(env):
             try:
                 learner.main(argv)
             finally:

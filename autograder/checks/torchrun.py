@@ -1,31 +1,14 @@
 """Checks for 02_torchrun: dist_env, global_mean, gather_all (torchrun_basics.py)."""
 from __future__ import annotations
 
-import os
-from contextlib import contextmanager
-
 from ..verdict import CheckFailed, expect
-from . import DistributedCheck, Run, register
+from . import DistributedCheck, Run, environment, register
 
 # ---------------------------------------------------------------- torchrun.env
 # dist_env() must read RANK, LOCAL_RANK and WORLD_SIZE from the environment. Each rank
 # calls it twice: under torchrun's real environment, and under a made-up one in which
 # rank, local rank and world size all differ, so that reading LOCAL_RANK as the rank
 # or a hard-coded world size cannot pass even when a 2-process job makes them coincide.
-
-
-@contextmanager
-def _environment(**values: str):
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _as_json(values) -> dict:
@@ -39,7 +22,7 @@ def _env_scenario(ctx, learner):
     real = _as_json(learner.dist_env())
     made_up = {"RANK": str(5 + 2 * ctx.rank), "LOCAL_RANK": str(1 + ctx.rank), "WORLD_SIZE": "12",
                "LOCAL_WORLD_SIZE": "4", "GROUP_RANK": "2"}
-    with _environment(**made_up):
+    with environment(made_up):
         fake = _as_json(learner.dist_env())
     return {"real": real, "real_expected": [ctx.rank, ctx.local_rank, ctx.world_size],
             "fake": fake, "fake_expected": [int(made_up["RANK"]), int(made_up["LOCAL_RANK"]), 12]}
