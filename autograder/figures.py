@@ -28,6 +28,7 @@ def draw_speedup(ax, data: dict) -> None:
     values = [data["measured"], data["ideal"]]
     bars = ax.bar(names, values, color=["#2f6fb0", "#bbbbbb"])
     ax.bar_label(bars, labels=[f"{v:.2f}x" for v in values])
+    ax.set_ylim(0, max(values) * 1.15)
     if "threshold" in data:
         ax.axhline(data["threshold"], color="#b42318", linestyle="--", label=f"pass line {data['threshold']:.2f}x")
         ax.legend(loc="lower right")
@@ -79,10 +80,13 @@ def draw_memory(ax, data: dict) -> None:
     for i, (name, values) in enumerate(series.items()):
         xs = [r + i * width for r in ranks]
         bars = ax.bar(xs, [v / 2**20 for v in values], width, label=name)
-        ax.bar_label(bars, fmt="%.1f", fontsize=7)
+        ax.bar_label(bars, fmt="%.2f", fontsize=7)
     ax.set_xticks([r + width * (len(series) - 1) / 2 for r in ranks], [f"rank {r}" for r in ranks])
-    ax.set_ylabel("MiB (params + grads + optimizer state)")
-    ax.legend()
+    ax.set_ylabel("MiB per rank")
+    ax.set_title("parameters + gradients + optimizer state", fontsize=9)
+    top = max(v for values in series.values() for v in values) / 2**20
+    ax.set_ylim(0, top * 1.35)  # headroom: the legend sits above the bars, not on their labels
+    ax.legend(loc="upper center", ncol=len(series), fontsize=8)
 
 
 def render(verdict: Verdict):
