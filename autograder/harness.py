@@ -19,6 +19,8 @@ from .verdict import CheckFailed, Verdict
 from .worker import OUTPUT_LIMIT_BYTES, result_path
 
 LOG_TAIL = 4000
+# torchrun's summary names the first rank that failed: "Root Cause ... rank : 1 (local_rank: 1) exitcode : 3"
+ROOT_CAUSE = re.compile(r"Root Cause.*?rank\s*:\s*(?P<rank>\d+).*?exitcode\s*:\s*(?P<code>-?\d+)", re.S)
 PEER_FAILURE = re.compile(r"Connection closed by peer|Connection reset|Broken pipe|NCCL communicator was aborted"
                           r"|Socket Timeout|timed out|recvBytes|Read error", re.I)
 
@@ -331,9 +333,15 @@ def _failure(plan: _Plan, check, row, result, limit: float, flooded, stacks, bas
         return Verdict(passed=False, status="timeout", message=message, hint=hint, stacks=stacks, **base)
     missing = [r for r in range(ws) if r not in done]
     logs["torchrun"] = result.agent_log[-LOG_TAIL:]
-    return Verdict(passed=False, status="error",
-                   message=f"rank(s) {', '.join(map(str, missing))} ended without a result "
-                           f"(torchrun exit code {result.returncode})",
+    root = ROOT_CAUSE.search(result.agent_log)
+    if root and int(root["rank"]) in missing:
+        # torchrun stops every other rank once one fails: name the one that failed first.
+        message = (f"rank {root['rank']} ended without a result (exit code {root['code']}); "
+                   f"torchrun then stopped the other ranks")
+    else:
+        message = (f"rank(s) {', '.join(map(str, missing))} ended without a result "
+                   f"(torchrun exit code {result.returncode})")
+    return Verdict(passed=False, status="error", message=message,
                    hint="The process died before finishing: look for os._exit/sys.exit, a crash, or output "
                         "beyond the size limit in the output below.", **base)
 

@@ -57,7 +57,8 @@ def test_one_rank_raises_names_the_rank_and_the_error():
 def test_rank_that_dies_without_a_result_is_reported():
     v = run_check("torchrun.env", module=control("harness", "rank1_dies"))
     assert not v.passed and v.status == "error"
-    assert "rank(s) 1 ended without a result" in v.message
+    assert v.message.startswith("rank 1 ended without a result (exit code 3)") or v.message.startswith(
+        "rank(s) 1 ended without a result")  # torchrun may stop rank 0 before or after it wrote its result
 
 
 def test_hang_in_collective_is_a_timeout_with_every_stuck_rank_located():
