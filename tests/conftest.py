@@ -35,3 +35,14 @@ def control(area: str, name: str) -> Path:
     path = CONTROLS / area / f"{name}.py"
     assert path.is_file(), path
     return path
+
+
+@pytest.fixture
+def one_thread():
+    """Small tensors: one torch thread is as fast, and tests run two at a time (pytest -n 2)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

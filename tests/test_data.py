@@ -21,13 +21,7 @@ from eurosat.data import CLASSES, DataError, load_splits, prepare, synthetic_ten
 PER_CLASS = 12          # 120 images: enough for every split, fast to write and decode
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: one thread is as fast, and tests run two at a time (pytest -n 2)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -12,12 +12,7 @@ from eurosat.data import synthetic_tensors
 from eurosat.model import EuroSATNet
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _logits_dataset(n: int = 10, seed: int = 0) -> TensorDataset:
