@@ -1,5 +1,5 @@
-"""`course bench`: reference numbers on this machine: speed-ups of the reference solutions, and what
-each check costs over a bare torchrun launch.
+"""`course bench`: reference numbers on this machine: speed-ups of the reference solutions, what
+each check costs over a bare torchrun launch, and what grading a class costs.
 
 Each benchmark is a named function in BENCHMARKS that prints its own lines; the reference
 solutions come from the source notebooks' %%writefile cells (what the course ships). Add a
@@ -7,8 +7,11 @@ benchmark by appending (name, description, function) to BENCHMARKS.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -18,7 +21,8 @@ from pathlib import Path
 from typing import Callable
 
 from . import launch, policy
-from .config import course_root
+from .checks import environment
+from .config import SHORTCUTS_ENV, course_root
 from .harness import VerdictCache, load_course, run_check
 
 HELLO = """import torch.distributed as dist
@@ -69,6 +73,18 @@ def _line(label: str, value: str) -> None:
     print(f"  {label:<46} {value}", flush=True)
 
 
+def _cost(b: Bench, label: str, seconds: float, passed: bool) -> None:
+    """A check's wall time and what it costs over the bare torchrun floor."""
+    _line(label, f"{seconds:.1f} s, {seconds - b.floor():+.1f} s over the floor" + ("" if passed else "  [FAILED]"))
+
+
+def _each_check_alone(b: Bench, module: Path, exercises: tuple[str, ...]) -> None:
+    """Each exercise's check in its own launch (no cache)."""
+    for exercise in exercises:
+        v = run_check(exercise, module=module, world_size=2, profile="cpu")
+        _cost(b, f"{exercise} check alone", v.seconds, v.passed)
+
+
 # ------------------------------------------------------------------ benchmarks
 
 def bench_floor(b: Bench) -> None:
@@ -87,21 +103,15 @@ def bench_ddp(b: Bench) -> None:
               f"{speed['threshold']:.2f}x; {rates}; worst run waited for a core {speed['busy']:.0%} of its time)")
     else:
         _line("DDP speed-up, 2 ranks vs 1 (reference)", f"not measured: {v.to_text()}")
-    floor = b.floor()
-    _line("ddp.train check (warm-up + 3 pairs)", f"{v.seconds:.1f} s, {v.seconds - floor:+.1f} s over the floor"
-          + ("" if v.passed else "  [FAILED]"))
+    _cost(b, "ddp.train check (warm-up + 3 pairs)", v.seconds, v.passed)
     parts = b.reference("04_ddp", "ddp_parts.py")
-    for exercise in ("ddp.init", "ddp.data", "ddp.wrap", "ddp.metrics", "ddp.checkpoint"):
-        v = run_check(exercise, module=parts, world_size=2, profile="cpu")
-        _line(f"{exercise} check alone", f"{v.seconds:.1f} s, {v.seconds - floor:+.1f} s over the floor"
-              + ("" if v.passed else "  [FAILED]"))
+    exercises = ("ddp.init", "ddp.data", "ddp.wrap", "ddp.metrics", "ddp.checkpoint")
+    _each_check_alone(b, parts, exercises)
     start = time.perf_counter()
     cache = VerdictCache()
-    verdicts = [run_check(e, module=parts, world_size=2, profile="cpu", cache=cache)
-                for e in ("ddp.init", "ddp.data", "ddp.wrap", "ddp.metrics", "ddp.checkpoint")]
+    verdicts = [run_check(e, module=parts, world_size=2, profile="cpu", cache=cache) for e in exercises]
     seconds = time.perf_counter() - start
-    _line("all five ddp_parts checks in one launch", f"{seconds:.1f} s, {seconds - floor:+.1f} s over the floor"
-          + ("" if all(v.passed for v in verdicts) else "  [FAILED]"))
+    _cost(b, "all five ddp_parts checks in one launch", seconds, all(v.passed for v in verdicts))
 
 
 def bench_pipeline(b: Bench) -> None:
@@ -118,14 +128,9 @@ def bench_pipeline(b: Bench) -> None:
                   f"formula (p-1)/(m+p-1); step {timeline['seconds'][name]:.2f} s")
     else:
         _line("pipeline 2 stages: 4 microbatches vs 1", f"not measured: {v.to_text()}")
-    floor = b.floor()
-    _line("pipeline.train check (3 pairs + timeline)", f"{v.seconds:.1f} s, {v.seconds - floor:+.1f} s over the floor"
-          + ("" if v.passed else "  [FAILED]"))
-    parts = b.reference("05_pipeline", "pipeline_parts.py")
-    for exercise in ("pipeline.split", "pipeline.schedule", "pipeline.step", "pipeline.checkpoint"):
-        v = run_check(exercise, module=parts, world_size=2, profile="cpu")
-        _line(f"{exercise} check alone", f"{v.seconds:.1f} s, {v.seconds - floor:+.1f} s over the floor"
-              + ("" if v.passed else "  [FAILED]"))
+    _cost(b, "pipeline.train check (3 pairs + timeline)", v.seconds, v.passed)
+    _each_check_alone(b, b.reference("05_pipeline", "pipeline_parts.py"),
+                      ("pipeline.split", "pipeline.schedule", "pipeline.step", "pipeline.checkpoint"))
 
 
 def bench_fsdp(b: Bench) -> None:
@@ -144,27 +149,84 @@ def bench_fsdp(b: Bench) -> None:
               "median step, slowest rank)")
     else:
         _line("FSDP / DDP bytes per rank, 2 ranks (reference)", f"not measured: {v.to_text()}")
-    floor = b.floor()
-    _line("fsdp.train check (script + DDP, 20 steps each)", f"{v.seconds:.1f} s, {v.seconds - floor:+.1f} s over "
-          "the floor" + ("" if v.passed else "  [FAILED]"))
-    parts = b.reference("06_fsdp", "fsdp_parts.py")
-    for exercise in ("fsdp.wrap", "fsdp.checkpoint"):
-        v = run_check(exercise, module=parts, world_size=2, profile="cpu")
-        _line(f"{exercise} check alone", f"{v.seconds:.1f} s, {v.seconds - floor:+.1f} s over the floor"
-              + ("" if v.passed else "  [FAILED]"))
+    _cost(b, "fsdp.train check (script + DDP, 20 steps each)", v.seconds, v.passed)
+    _each_check_alone(b, b.reference("06_fsdp", "fsdp_parts.py"), ("fsdp.wrap", "fsdp.checkpoint"))
 
 
+def _grade_copies(b: Bench, assignment: str, copies: int, *, jobs: int, shortcuts: bool) -> tuple[float, list]:
+    """`course grade --jobs N` on `copies` students who all hand in the source notebook (full marks).
+
+    Returns the wall time of the whole run (it generates the assignment's template once)
+    and the records, whose `seconds` is one submission's autograde from start to feedback.
+    """
+    from .grading import Record, grade
+
+    a = load_course().assignment(assignment)
+    run = b.folder / f"grade-{assignment}-{copies}x-jobs{jobs}-{'with' if shortcuts else 'without'}"
+    for i in range(copies):
+        folder = run / "submissions" / f"student{i + 1:02d}" / a.id
+        folder.mkdir(parents=True)
+        shutil.copy(course_root() / "source" / a.id / a.notebook, folder / a.notebook)
+    # The switch reaches the grading jobs through the environment they inherit.
+    with environment({SHORTCUTS_ENV: "on" if shortcuts else "off"}), contextlib.redirect_stdout(io.StringIO()):
+        start = time.perf_counter()
+        grade(run / "submissions", out=run / "out", assignments=[a.id], jobs=jobs, progress=False)
+        seconds = time.perf_counter() - start
+    return seconds, [Record.load(p) for p in sorted((run / "out" / "records").glob("*/*.json"))]
+
+
+def _full_marks(records: list, points: float) -> bool:
+    return all(r is not None and r.status == "graded" and not r.flags and sum(r.points.values()) == points
+               for r in records)
+
+
+def bench_grading(b: Bench) -> None:
+    """One full-marks submission per graded assignment, autograded without grading's shortcuts, then with them."""
+    totals = {False: 0.0, True: 0.0}
+    for a in load_course().assignments:
+        if not a.graded:
+            continue
+        seconds, ok = {}, True
+        for shortcuts in (False, True):
+            _, records = _grade_copies(b, a.id, 1, jobs=1, shortcuts=shortcuts)
+            seconds[shortcuts] = records[0].seconds if records and records[0] else float("nan")
+            totals[shortcuts] += seconds[shortcuts]
+            ok = ok and _full_marks(records, a.points)
+        _line(f"{a.id}: one submission, without -> with", f"{seconds[False]:.0f} s -> {seconds[True]:.0f} s "
+              f"({seconds[False] / seconds[True]:.2f}x faster)" + ("" if ok else "  [NOT FULL MARKS]"))
+    _line("all graded assignments, without -> with", f"{totals[False]:.0f} s -> {totals[True]:.0f} s "
+          f"({totals[False] / totals[True]:.2f}x faster)")
+
+
+def bench_throughput(b: Bench, assignment: str = "02_torchrun", copies: int = 10) -> None:
+    """`course grade` on 10 full-marks submissions of 02_torchrun with --jobs 1, then --jobs 2."""
+    a = load_course().assignment(assignment)
+    walls = {}
+    for jobs in (1, 2):
+        walls[jobs], records = _grade_copies(b, a.id, copies, jobs=jobs, shortcuts=True)
+        ok = len(records) == copies and _full_marks(records, a.points)
+        _line(f"{copies} x {a.id}, --jobs {jobs}", f"{walls[jobs]:.0f} s ({walls[jobs] / copies:.0f} s per submission, "
+              f"{3600 * copies / walls[jobs]:.0f} per hour; template generated once)"
+              + ("" if ok else "  [NOT FULL MARKS]"))
+    _line("throughput, --jobs 2 over --jobs 1", f"{walls[1] / walls[2]:.2f}x")
+
+
+LONG = ("grading", "throughput")
 BENCHMARKS: list[tuple[str, str, Callable[[Bench], None]]] = [
     ("floor", "bare 2-rank torchrun launch: the cost every check pays", bench_floor),
     ("ddp", "04_ddp: reference speed-up 2 ranks vs 1, and each check's cost", bench_ddp),
     ("pipeline", "05_pipeline: reference speed-up 4 microbatches vs 1, measured bubble, each check's cost",
      bench_pipeline),
     ("fsdp", "06_fsdp: FSDP / DDP bytes per rank and step time (2 ranks, same run), each check's cost", bench_fsdp),
+    # The two below take 15-30 min each on 2 cores: they run only when named.
+    ("grading", "autograde wall time of one full submission per assignment, without and with grading's shortcuts "
+                "(shared launches, trusted verdicts, demos not run)", bench_grading),
+    ("throughput", "grading throughput: 10 submissions of 02_torchrun with --jobs 1 and --jobs 2", bench_throughput),
 ]
 
 
 def main(names: list[str] | None = None) -> int:
-    """Run the named benchmarks (default: all) and print their numbers; 2 if a name is unknown."""
+    """Run the named benchmarks (default: all but the LONG ones) and print their numbers; 2 if a name is unknown."""
     known = {name: fn for name, _, fn in BENCHMARKS}
     unknown = [n for n in names or [] if n not in known]
     if unknown:
@@ -175,7 +237,7 @@ def main(names: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="course-bench-") as tmp:
         b = Bench(Path(tmp))
         for name, description, fn in BENCHMARKS:
-            if names and name not in names:
+            if (name not in names) if names else (name in LONG):
                 continue
             print(f"{name}: {description}", flush=True)
             fn(b)

@@ -102,8 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--force", action="store_true", help="rebuild even if a dataset is already prepared")
     d.set_defaults(run=_data)
 
-    b = sub.add_parser("bench", help="reference speed-ups and each check's cost over a bare torchrun, on this machine")
-    b.add_argument("names", nargs="*", help="benchmarks to run (default: all; e.g. floor, ddp)")
+    b = sub.add_parser("bench", help="reference speed-ups, each check's cost over a bare torchrun, and grading "
+                                     "cost, on this machine")
+    b.add_argument("names", nargs="*", help="benchmarks to run: floor, ddp, pipeline, fsdp (the default: all four), "
+                                            "grading, throughput (long: only when named)")
     b.set_defaults(run=_bench)
     return p
 

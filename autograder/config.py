@@ -16,6 +16,19 @@ def course_root() -> Path:
     return Path(os.environ.get("COURSE_ROOT", REPO_ROOT)).resolve()
 
 
+SHORTCUTS_ENV = "COURSE_GRADING_SHORTCUTS"
+
+
+def grading_shortcuts() -> bool:
+    """Whether grading takes its shortcuts (default: yes; $COURSE_GRADING_SHORTCUTS=off turns them off).
+
+    The shortcuts: exercises written in one module share one launch, the kernel reuses the
+    verdicts re-verification established, and torchrun demo lines are not run. Without them
+    every check call launches on its own: the baseline `course bench grading` compares with.
+    """
+    return os.environ.get(SHORTCUTS_ENV, "on").lower() not in ("off", "0", "no", "false")
+
+
 class ConfigError(Exception):
     """A mistake in course.yaml; the message names the file and the key."""
 

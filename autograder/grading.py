@@ -9,6 +9,7 @@ graded. A submission that breaks the grader becomes a "needs manual grading" rec
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import hashlib
 import json
@@ -18,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 import zipfile
@@ -291,11 +293,39 @@ def _stop(proc, token: str) -> None:
     proc.wait()
 
 
+def _job_record(out: Path, sub: Submission, late: bool) -> Record:
+    """The record a finished job wrote, or a "needs manual grading" one that says why there is none."""
+    record = None if late else Record.load(_record_path(out, sub))
+    if record is None:
+        reason = (f"grading took longer than {SUBMISSION_TIME_LIMIT // 60} min" if late
+                  else f"the grader crashed: {_tail(out / 'logs' / f'{sub.student}--{sub.assignment}.log')}")
+        record = Record(sub.student, sub.assignment, sub.sha256, MANUAL, flags=[f"{MANUAL}: {reason}"])
+    return record
+
+
 def _tail(path: Path, n: int = 400) -> str:
     try:
         return path.read_text(errors="replace")[-n:].strip().replace("\n", " | ")
     except OSError:
         return ""
+
+
+@contextlib.contextmanager
+def _stopping_signals_interrupt():
+    """SIGTERM (`kill`, a batch system) and SIGHUP (a closed terminal) stop grading the way Ctrl-C does."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers; its signals keep their default
+        return
+
+    def interrupt(signum, _frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def grade(submissions: str | Path, *, out: str | Path = "grading", assignments: list[str] | None = None,
@@ -321,45 +351,42 @@ def grade(submissions: str | Path, *, out: str | Path = "grading", assignments: 
     running: dict[int, tuple] = {}
     bar = tqdm(total=len(subs), initial=len(subs) - len(todo), desc="grading", unit="submission",
                disable=not progress)
-    try:
-        while todo or running:
-            for slot in range(len(slots)):
-                if slot not in running and todo:
-                    sub = todo.pop(0)
-                    running[slot] = (sub, *_start(sub, out, slots[slot], gpu_slots[slot], lock))
-            time.sleep(0.2)
-            for slot, (sub, proc, token, log, started) in list(running.items()):
-                late = time.monotonic() - started > SUBMISSION_TIME_LIMIT
-                if proc.poll() is None and not late:
-                    continue
+    with _stopping_signals_interrupt():
+        try:
+            while todo or running:
+                for slot in range(len(slots)):
+                    if slot not in running and todo:
+                        sub = todo.pop(0)
+                        running[slot] = (sub, *_start(sub, out, slots[slot], gpu_slots[slot], lock))
+                time.sleep(0.2)
+                for slot, (sub, proc, token, log, started) in list(running.items()):
+                    late = time.monotonic() - started > SUBMISSION_TIME_LIMIT
+                    if proc.poll() is None and not late:
+                        continue
+                    _stop(proc, token)
+                    log.close()
+                    own = _record_path(out, sub)
+                    tampered = guard.restore_changes(ignore={_record_path(out, r[0]) for r in running.values()})
+                    del running[slot]
+                    for s in [sub] + [r[0] for r in running.values()]:
+                        suspects.setdefault((s.student, s.assignment), set()).update(tampered)
+                    record = _job_record(out, sub, late)
+                    if suspects.get((sub.student, sub.assignment)):
+                        record.flags.append("files outside the submission were changed while it was graded "
+                                            "(put back): " + ", ".join(sorted(suspects[(sub.student, sub.assignment)])))
+                    record.save(own)
+                    guard.accept(own)
+                    bar.update(1)
+                    write_csv(out, course)
+        except KeyboardInterrupt:
+            for sub, proc, token, log, _ in running.values():
                 _stop(proc, token)
-                log.close()
-                own = _record_path(out, sub)
-                tampered = guard.restore_changes(ignore={_record_path(out, r[0]) for r in running.values()})
-                del running[slot]
-                for s in [sub] + [r[0] for r in running.values()]:
-                    suspects.setdefault((s.student, s.assignment), set()).update(tampered)
-                record = None if late else Record.load(own)
-                if record is None:
-                    reason = (f"grading took longer than {SUBMISSION_TIME_LIMIT // 60} min" if late
-                              else f"the grader crashed: {_tail(out / 'logs' / f'{sub.student}--{sub.assignment}.log')}")
-                    record = Record(sub.student, sub.assignment, sub.sha256, MANUAL, flags=[f"{MANUAL}: {reason}"])
-                if suspects.get((sub.student, sub.assignment)):
-                    record.flags.append("files outside the submission were changed while it was graded (put back): "
-                                        + ", ".join(sorted(suspects[(sub.student, sub.assignment)])))
-                record.save(own)
-                guard.accept(own)
-                bar.update(1)
-                write_csv(out, course)
-    except KeyboardInterrupt:
-        for sub, proc, token, log, _ in running.values():
-            _stop(proc, token)
-        write_csv(out, course)
-        print(f"\ninterrupted: every recorded grade is kept in {out / 'records'}; run the same command to go on.",
-              file=sys.stderr)
-        raise
-    finally:
-        bar.close()
+            write_csv(out, course)
+            print(f"\ninterrupted: every recorded grade is kept in {out / 'records'}; "
+                  "run the same command to go on.", file=sys.stderr)
+            raise
+        finally:
+            bar.close()
     path = write_csv(out, course)
     print(f"graded {len(subs)} submission(s): {path}; feedback in {out / 'feedback'}")
     return path

@@ -177,8 +177,8 @@ class VerdictCache:
         self._verdicts[key] = verdict
 
 
-NOTEBOOK_CACHE = VerdictCache()
-SHARED_PARAMS = ("seed",)  # scenario parameters every exercise understands  # used by check() and the self-check widget: one kernel, one cache
+NOTEBOOK_CACHE = VerdictCache()  # used by check() and the self-check widget: one kernel, one cache
+SHARED_PARAMS = ("seed",)  # scenario parameters every exercise understands
 
 
 def run_check(exercise_id: str, *, module: str | Path | None = None, world_size: int | None = None,
@@ -371,13 +371,15 @@ def check(exercise_id: str, **overrides: Any) -> None:
     """Notebook/test entry: print one success line, or raise AssertionError with the message and hint.
 
     While grading, a verdict the grader already established out of the kernel for exactly
-    these files is reused (see reverify.py); anything else is checked here and now.
+    these files is reused (see reverify.py); anything else is checked here and now. Both
+    this reuse and the shared launches stop when config.grading_shortcuts() is off.
     """
     from .reverify import trusted_verdict  # reverify builds on this module
 
+    shortcuts = config.grading_shortcuts()
     try:
-        verdict = (trusted_verdict(exercise_id, overrides, Path(overrides.get("cwd") or Path.cwd()))
-                   or run_check(exercise_id, cache=NOTEBOOK_CACHE, **overrides))
+        verdict = ((shortcuts and trusted_verdict(exercise_id, overrides, Path(overrides.get("cwd") or Path.cwd())))
+                   or run_check(exercise_id, cache=NOTEBOOK_CACHE if shortcuts else None, **overrides))
     except config.ConfigError as exc:
         raise AssertionError(f"course configuration problem: {exc}") from None
     if not verdict.passed:

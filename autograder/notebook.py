@@ -42,7 +42,7 @@ def setup() -> int:
       every `!torchrun` launched from the notebook inherits;
     - while nbgrader grades, turns `!torchrun` demo lines into a printed note (not graded).
     """
-    if grading():
+    if grading() and config.grading_shortcuts():
         from IPython import get_ipython
 
         shell = get_ipython()

@@ -4,13 +4,14 @@ Student code runs in the same kernel as the test cells, so it could monkeypatch 
 Before nbgrader runs the notebook, the grader extracts the %%writefile cells from the
 submitted JSON (without executing anything), runs every check call of the source test
 cells on them, and keeps these trusted verdicts. The kernel's check() may reuse a trusted
-verdict (so grading launches each check once) only while the files it sees are exactly the
-files that were verified; the grade compares the cells' scores with the trusted ones.
+verdict (so grading launches each check once) only while the files it sees are the files
+that were verified; the grade compares the cells' scores with the trusted ones.
 """
 from __future__ import annotations
 
 import ast
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -19,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import Assignment
-from .harness import VerdictCache, run_check
+from .config import Assignment, ConfigError, grading_shortcuts
+from .harness import VerdictCache, load_course, run_check
 from .verdict import Verdict
 
 TRUSTED_ENV = "COURSE_TRUSTED_VERDICTS"
@@ -33,15 +34,21 @@ def _source(cell: dict) -> str:
 
 
 def writefile_cells(notebook: dict) -> dict[str, str]:
-    """{file name: content} as the notebook's %%writefile code cells would leave them (in order)."""
+    """{file name: content} as the notebook's %%writefile code cells would leave them (in order).
+
+    Byte for byte what IPython writes: it drops a cell's leading blank lines and ends
+    every cell with a newline before the magic sees the body.
+    """
     files: dict[str, str] = {}
     for cell in notebook.get("cells", []):
         if cell.get("cell_type") != "code":
             continue
-        first, _, body = _source(cell).partition("\n")
+        text = _source(cell)
+        text = "".join(itertools.dropwhile(str.isspace, text.splitlines(keepends=True)))
+        first, _, body = (text if text.endswith("\n") else text + "\n").partition("\n")
         found = WRITEFILE.match(first.strip())
-        if not found:
-            continue
+        if not found or not body:
+            continue  # not a %%writefile cell, or one IPython refuses (an empty body)
         name = Path(found["name"].strip("'\"")).name  # never outside the folder it is verified in
         files[name] = (files.get(name, "") if found["append"] else "") + body
     return files
@@ -95,7 +102,7 @@ def reverify(submission: dict, source: dict, assignment: Assignment) -> Reverifi
     with tempfile.TemporaryDirectory(prefix="course-reverify-") as tmp:
         for name, text in files.items():
             (Path(tmp) / name).write_text(text)
-        cache = VerdictCache()
+        cache = VerdictCache() if grading_shortcuts() else None
         for exercise in assignment.exercises:
             result = ExerciseResult(exercise.grade_id, exercise.points, exercise.points)
             for exercise_id, overrides in check_calls(source, exercise.grade_id):
@@ -110,16 +117,24 @@ def reverify(submission: dict, source: dict, assignment: Assignment) -> Reverifi
 
 
 def trusted_verdict(exercise_id: str, overrides: dict[str, Any], cwd: Path) -> Verdict | None:
-    """In the kernel while grading: the trusted verdict for this call, if the files on disk are the verified ones."""
+    """In the kernel while grading: the trusted verdict for this call, if the files on disk are the verified ones.
+
+    The checked module must be there, and every verified file that is there must be
+    byte-identical; files that later cells write may be missing yet (a notebook checks
+    ddp_parts.py before its %%writefile cell for ddp_train.py has run).
+    """
     path = os.environ.get(TRUSTED_ENV)
     if not path:
         return None
     try:
         trusted = json.loads(Path(path).read_text())
+        module = overrides.get("module") or load_course().exercise(exercise_id).module
+        if module not in trusted["files"] or not (cwd / module).is_file():
+            return None  # not a verified module, or not written yet: the kernel checks for itself
         for name, digest in trusted["files"].items():
-            if _digest((cwd / name).read_bytes()) != digest:
+            if (cwd / name).exists() and _digest((cwd / name).read_bytes()) != digest:
                 return None
         raw = trusted["verdicts"][call_key(exercise_id, overrides)]
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, ConfigError):
         return None
     return Verdict(**raw)

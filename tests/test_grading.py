@@ -198,20 +198,23 @@ def test_lms_zip_is_collected_per_student(mini, tmp_path):
     assert sorted((s.student, s.assignment) for s in subs) == [("Blank-Student", "mini"), ("honest", "mini")]
 
 
-def test_interrupt_keeps_recorded_grades(mini, tmp_path):
-    """Ctrl-C in the middle: what was recorded stays, the CSV has it, and a re-run finishes the rest."""
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "kill"])
+def test_interrupt_keeps_recorded_grades(mini, tmp_path, stop):
+    """Ctrl-C or `kill` in the middle: what was recorded stays, the CSV has it, and no job is left running
+    (the autouse fixture checks that no process outlives the test)."""
     subs = tmp_path / "subs"
     for student in ("blank", "honest"):
         (subs / student / "mini").mkdir(parents=True)
         (subs / student / "mini" / "mini.ipynb").write_bytes((mini["subs"] / student / "mini/mini.ipynb").read_bytes())
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "autograder.cli", "grade", str(subs), "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "autograder.cli", "grade", str(subs), "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     first = out / "records" / "blank" / "mini.json"
     deadline = time.monotonic() + 240
     while not first.exists() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert first.exists()
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(stop)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode != 0 and "every recorded grade is kept" in err
     assert not (out / "records" / "honest" / "mini.json").exists()

@@ -17,7 +17,6 @@ from typing import Any, Callable
 from ..verdict import CheckFailed
 
 
-
 @dataclass(frozen=True)
 class RankOutcome:
     rank: int
@@ -83,6 +82,8 @@ def environment(values: dict[str, str | None]):
         yield
     finally:
         apply(saved)
+
+
 _REGISTRY: dict[str, Check] = {}
 
 

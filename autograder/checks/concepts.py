@@ -178,24 +178,23 @@ def _with(optimizer, precision, /, **changes) -> dict[str, float]:
     return {**bytes_per_parameter(optimizer, precision), **changes}
 
 
+def _counting(**changes):
+    """The answer of someone who counts these parts per parameter differently (0: forgotten)."""
+    return lambda n, optimizer, precision, world_size, shard: _memory(
+        n, optimizer, precision, world_size, shard, parts=_with(optimizer, precision, **changes))
+
+
 _STAGES = ("ZeRO-1 (zero1) shards only the optimizer state; ZeRO-2 (zero2) also the gradients; ZeRO-3 (zero3, "
            "FSDP) also the weights. Divide just the sharded parts by world_size.")
 
 MEMORY_MISTAKES = [
-    Mistake("weights only",
-            lambda n, optimizer, precision, world_size, shard:
-            _memory(n, optimizer, precision, world_size, shard,
-                    parts=_with(optimizer, precision, gradients=0, optimizer=0)),
+    Mistake("weights only", _counting(gradients=0, optimizer=0),
             "Training keeps much more than the weights: add the gradients (one per parameter) and the "
             "optimizer state (Adam: two moments)."),
-    Mistake("optimizer state forgotten",
-            lambda n, optimizer, precision, world_size, shard:
-            _memory(n, optimizer, precision, world_size, shard, parts=_with(optimizer, precision, optimizer=0)),
+    Mistake("optimizer state forgotten", _counting(optimizer=0),
             "Count the optimizer state too: Adam keeps two fp32 moments per parameter (exp_avg, exp_avg_sq: "
             "8 B), SGD with momentum one fp32 buffer (4 B); mixed precision adds the 4 B fp32 master copy."),
-    Mistake("gradients forgotten",
-            lambda n, optimizer, precision, world_size, shard:
-            _memory(n, optimizer, precision, world_size, shard, parts=_with(optimizer, precision, gradients=0)),
+    Mistake("gradients forgotten", _counting(gradients=0),
             "Count the gradients: backward() fills a .grad as large as each parameter (4 B in fp32, "
             "2 B in mixed precision)."),
     Mistake("Adam counted with one moment",
@@ -225,10 +224,7 @@ MEMORY_MISTAKES = [
             "The total per parameter is the same in mixed precision and fp32 (Adam: 16 B), but it splits "
             "differently: mixed keeps 2 B weights, 2 B gradients and 12 B optimizer state (fp32 master + "
             "moments). ZeRO shards the parts separately, so the split matters."),
-    Mistake("mixed precision with fp32 weights and gradients",
-            lambda n, optimizer, precision, world_size, shard:
-            _memory(n, optimizer, precision, world_size, shard,
-                    parts=_with(optimizer, precision, weights=4, gradients=4)),
+    Mistake("mixed precision with fp32 weights and gradients", _counting(weights=4, gradients=4),
             "In mixed precision the weights and gradients used in forward and backward are 2-byte "
             "(bf16/fp16); the fp32 copy lives in the optimizer state."),
     Mistake("shard='none' divided by the world size",
