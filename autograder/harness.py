@@ -376,10 +376,10 @@ def check(exercise_id: str, **overrides: Any) -> None:
     """
     from .reverify import trusted_verdict  # reverify builds on this module
 
-    shortcuts = config.grading_shortcuts()
+    cache = NOTEBOOK_CACHE if config.grading_shortcuts() else None
     try:
-        verdict = ((shortcuts and trusted_verdict(exercise_id, overrides, Path(overrides.get("cwd") or Path.cwd())))
-                   or run_check(exercise_id, cache=NOTEBOOK_CACHE if shortcuts else None, **overrides))
+        verdict = (trusted_verdict(exercise_id, overrides, Path(overrides.get("cwd") or Path.cwd()))
+                   or run_check(exercise_id, cache=cache, **overrides))
     except config.ConfigError as exc:
         raise AssertionError(f"course configuration problem: {exc}") from None
     if not verdict.passed:

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import Assignment, ConfigError, grading_shortcuts
-from .harness import VerdictCache, load_course, run_check
+from .config import Assignment, ConfigError, grading_shortcuts, load
+from .harness import VerdictCache, run_check
 from .verdict import Verdict
 
 TRUSTED_ENV = "COURSE_TRUSTED_VERDICTS"
@@ -117,18 +117,19 @@ def reverify(submission: dict, source: dict, assignment: Assignment) -> Reverifi
 
 
 def trusted_verdict(exercise_id: str, overrides: dict[str, Any], cwd: Path) -> Verdict | None:
-    """In the kernel while grading: the trusted verdict for this call, if the files on disk are the verified ones.
+    """In the kernel while grading: the trusted verdict for this call, if the files on disk are the verified ones
+    (and grading takes its shortcuts).
 
     The checked module must be there, and every verified file that is there must be
     byte-identical; files that later cells write may be missing yet (a notebook checks
     ddp_parts.py before its %%writefile cell for ddp_train.py has run).
     """
     path = os.environ.get(TRUSTED_ENV)
-    if not path:
+    if not path or not grading_shortcuts():
         return None
     try:
         trusted = json.loads(Path(path).read_text())
-        module = overrides.get("module") or load_course().exercise(exercise_id).module
+        module = overrides.get("module") or load().exercise(exercise_id).module
         if module not in trusted["files"] or not (cwd / module).is_file():
             return None  # not a verified module, or not written yet: the kernel checks for itself
         for name, digest in trusted["files"].items():

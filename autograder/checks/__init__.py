@@ -67,7 +67,7 @@ Check = DistributedCheck | LocalCheck
 
 @contextmanager
 def environment(values: dict[str, str | None]):
-    """Set (or, for None, remove) environment variables for the duration of the block (scenario helper)."""
+    """Set (or, for None, remove) environment variables for the duration of the block (scenarios, benchmarks)."""
     saved = {k: os.environ.get(k) for k in values}
 
     def apply(items):
