@@ -5,6 +5,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 LAB_IP ?= 127.0.0.1
 PORT   ?= 8888
+# Jupyter refuses to run as root unless told to (containers and CI boxes often are root).
+ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 
 .PHONY: setup lab test release data clean browser
 
@@ -22,7 +24,7 @@ data: setup
 
 lab: data
 	@echo "Opening JupyterLab on release/ (the URL with its token is printed below)."
-	$(BIN)/jupyter lab --notebook-dir=release --ip=$(LAB_IP) --port=$(PORT) --no-browser
+	$(BIN)/jupyter lab --notebook-dir=release --ip=$(LAB_IP) --port=$(PORT) --no-browser $(ALLOW_ROOT)
 
 release: setup
 	$(BIN)/course release

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -205,3 +206,10 @@ def test_build_context_leaves_out_the_host_venv():
     """A host .venv copied over the image's would be taken as set up (its stamp is newer) and not work."""
     ignored = {ln.strip().rstrip("/") for ln in (REPO / ".dockerignore").read_text().splitlines()}
     assert {".venv", "data"} <= ignored, ignored
+
+
+def test_make_lab_starts_jupyter_as_root_too():
+    """`make lab` as root (a container, a CI box) must not stop at Jupyter's "Running as root" refusal."""
+    dry = subprocess.run(["make", "-n", "lab"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    [lab] = [ln for ln in dry.splitlines() if "jupyter lab" in ln]
+    assert ("--allow-root" in lab) == (os.getuid() == 0), lab
