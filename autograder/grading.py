@@ -28,7 +28,7 @@ from pathlib import Path
 
 from . import machine, nbglue
 from .config import Assignment, ConfigError, Course, course_root
-from .harness import load_course
+from .course import load_course
 from .launch import sweep
 
 GRADING_TOKEN = "COURSE_GRADING_TOKEN"
@@ -164,7 +164,8 @@ def grade_one(out: Path, student: str, assignment_id: str, notebook: Path) -> Re
     """Grade one submission: re-verify out of the kernel, autograde with nbgrader, compare, record."""
     from nbgrader.api import Gradebook
 
-    from .reverify import TRUSTED_ENV, reverify
+    from .reverify import reverify
+    from .trusted import TRUSTED_ENV
 
     course = load_course()
     a = course.assignment(assignment_id)

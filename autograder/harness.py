@@ -1,37 +1,32 @@
-"""run_check(): from an exercise id to a Verdict (preflight, launch, collect, judge); check() for notebooks."""
+"""run_check(): from an exercise id to a Verdict (read the file, draw the secret inputs, run the ranks, judge);
+check() for notebook test cells.
+
+The harness is the trusted side: it computes each call's inputs and expected values,
+sends every rank only its own inputs, and judges what comes back. Exercises written in
+the same module share one job when a VerdictCache is given (notebooks, grading).
+"""
 from __future__ import annotations
 
 import ast
 import hashlib
 import json
 import re
-import shutil
-import sys
-import tempfile
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import checks, config, launch, machine, policy
-from .checks import DistributedCheck, LocalCheck, RankOutcome, Run
+from . import checks, config, machine, policy
+from .checks import Check, Run, Trial
+from .course import load_course
+from .session import Job, TaskResult
 from .verdict import CheckFailed, Verdict
-from .worker import OUTPUT_LIMIT_BYTES, result_path
 
 LOG_TAIL = 4000
 # torchrun's summary names the first rank that failed: "Root Cause ... rank : 1 (local_rank: 1) exitcode : 3"
 ROOT_CAUSE = re.compile(r"Root Cause.*?rank\s*:\s*(?P<rank>\d+).*?exitcode\s*:\s*(?P<code>-?\d+)", re.S)
 PEER_FAILURE = re.compile(r"Connection closed by peer|Connection reset|Broken pipe|NCCL communicator was aborted"
                           r"|Socket Timeout|timed out|recvBytes|Read error", re.I)
-
-
-def load_course() -> config.Course:
-    """course.yaml, also checked against the registry: every exercise must have a check."""
-    course = config.load()
-    missing = sorted(e.id for e in course.exercises if e.id not in checks.implemented())
-    if missing:
-        raise config.ConfigError(f"{course.path}: exercise {missing[0]!r} has no check in autograder/checks")
-    return course
+SHARED_PARAMS = ("seed",)   # scenario parameters every exercise understands
 
 
 # ------------------------------------------------------------------ preflight
@@ -52,12 +47,14 @@ def preflight(path: Path, functions: tuple[str, ...]) -> tuple[str, str, str] | 
     except SyntaxError as exc:
         return ("fail", f"{path.name} has a syntax error on line {exc.lineno}: {exc.msg}",
                 "Fix the line shown, run the %%writefile cell again, then re-check.")
-    defined = {n.name: n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    defined = {n.name: n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
     for name in functions:
         if name not in defined:
-            return ("fail", f"{path.name} does not define {name}()",
-                    f"Keep the function name {name} from the exercise cell; the checks call it by name.")
-    stubs = [name for name in functions if _is_stub(defined[name])]
+            return ("fail", f"{path.name} does not define {name}",
+                    f"Keep the name {name} from the exercise cell; the checks call it by name.")
+    stubs = [name for name in functions if isinstance(defined[name], ast.FunctionDef) and _is_stub(defined[name])]
+    stubs += [f"{name}.{m.name}" for name in functions if isinstance(defined[name], ast.ClassDef)
+              for m in defined[name].body if isinstance(m, ast.FunctionDef) and _is_stub(m)]
     if stubs:
         verb = "raises" if len(stubs) == 1 else "raise"
         return ("not-implemented", f"{', '.join(n + '()' for n in stubs)} still {verb} NotImplementedError",
@@ -65,53 +62,9 @@ def preflight(path: Path, functions: tuple[str, ...]) -> tuple[str, str, str] | 
     return None
 
 
-# ------------------------------------------------------------------ collecting
+# ------------------------------------------------------------------ failures every check shares
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _collect(job_dir: Path, world_size: int, n_exercises: int):
-    """Per exercise, per rank: the RankOutcome (None where that rank wrote no result); logs and stacks per rank."""
-    outcomes = []
-    for i in range(n_exercises):
-        row = []
-        for r in range(world_size):
-            raw = _read_json(result_path(job_dir, r, i))
-            row.append(None if raw is None else RankOutcome(
-                rank=r, ok=raw["ok"], result=raw.get("result"), error=raw.get("error"),
-                phase=raw.get("phase", ""), calls=raw.get("calls", {})))
-        outcomes.append(row)
-    logs, stacks = {}, {}
-    for r in range(world_size):
-        logs[f"rank {r}"] = launch._tail(job_dir / f"rank{r}.log", LOG_TAIL)
-        stack = job_dir / f"rank{r}.stack"
-        if stack.exists() and stack.stat().st_size:
-            stacks[f"rank {r}"] = _readable_stack(stack.read_text())
-    return outcomes, logs, stacks
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
-
-
-def _readable_stack(text: str) -> str:
-    """faulthandler prints innermost first; keep the main thread, without the harness's own frames."""
-    threads = text.split("\n\n")
-    main = next((t for t in threads if "worker.py" in t), threads[0])
-    if "_wait_for_peers" in main:
-        return "finished its part and was waiting for the other ranks (not in any collective)"
-    harness = ("autograder/worker.py", "autograder/launch.py", "<frozen runpy>", "c10d_logger.py")
-    return "\n".join(ln for ln in main.splitlines() if not any(h in ln for h in harness))
-
-
-def _where_stuck(stack: str, module: str) -> str:
+def _stuck_line(stack: str, module: str) -> str:
     """The learner's innermost line in a faulthandler stack, e.g. 'my.py line 7 in global_mean'."""
     for line in stack.splitlines():
         found = re.search(r'File "([^"]+)", line (\d+) in (\S+)', line)
@@ -120,8 +73,18 @@ def _where_stuck(stack: str, module: str) -> str:
     return ""
 
 
-def _explain_error(check, error: dict) -> str:
-    hint = check.explain(error) if isinstance(check, DistributedCheck) else None
+def _readable_stack(text: str) -> str:
+    """faulthandler prints innermost first; keep the main thread, without the driver's own frames."""
+    threads = text.split("\n\n")
+    main = next((t for t in threads if "autograder/rank/__main__.py" in t), threads[0])
+    if "in receive" in main and "parts/" not in main:
+        return "finished its part and was waiting for the harness (not in any collective)"
+    own = ("autograder/rank/__main__.py", "autograder/rank/wire.py", "<frozen runpy>", "c10d_logger.py")
+    return "\n".join(ln for ln in main.splitlines() if not any(h in ln for h in own))
+
+
+def _explain_error(check: Check, error: dict) -> str:
+    hint = check.explain(error)
     if hint:
         return hint
     text = f"{error['type']}: {error['message']}"
@@ -139,25 +102,111 @@ def _explain_error(check, error: dict) -> str:
     return "Read the traceback in this rank's output below: the last line in your file is where it failed."
 
 
+def failure_verdict(job: Job, result: TaskResult, check: Check, limit: float, base: dict) -> Verdict:
+    """The verdict for a task that did not complete on every rank: raised, hung, died, flooded, tampered."""
+    ws = job.world_size
+    logs = {f"rank {r}": text for r, text in job.logs().items()}
+    stacks = {f"rank {r}": _readable_stack(s) for r, s in job.stacks().items()} if result.timed_out else {}
+    base = {**base, "logs": logs}
+    if result.problem:
+        return Verdict(passed=False, status="fail", message=result.problem,
+                       hint="The rank driver's connection is for the harness alone; do not open the course's "
+                            "socket from your code.", **base)
+    flooded = job.flooded()
+    if flooded:
+        return Verdict(passed=False, status="fail",
+                       message=f"rank(s) {', '.join(map(str, flooded))} printed more than the output limit "
+                               f"({job.output_limit // 2**20} MiB) and were stopped",
+                       hint="Print less: a print inside a loop floods the log. Print on rank 0, every N steps.",
+                       **base)
+    row = result.outcomes
+    failed = [o for o in row if o is not None and not o.ok]
+    if failed:
+        # The first failure that is not just a peer noticing another rank's exit explains the most.
+        primary = next((o for o in failed if not PEER_FAILURE.search(o.error["message"])), failed[0])
+        err = primary.error
+        where = f" at {err['where']}" if err.get("where") else ""
+        phase = " while importing your module" if primary.phase == "import" else ""
+        message = f"rank {primary.rank} raised {err['line']}{where}{phase}"
+        if ws == 1 and check.local:
+            message = f"your module raised {err['line']}{where}{phase}"
+        key = f"rank {primary.rank}"
+        logs[key] = (logs.get(key, "") + "\n" + err["traceback"]).strip()
+        return Verdict(passed=False, status="fail", message=message, hint=_explain_error(check, err), **base)
+    done = [r for r, o in enumerate(row) if o is not None]
+    if result.timed_out:
+        stuck = [r for r in range(ws) if r not in done]
+        places = [f"rank {r}: {_stuck_line(job.stacks().get(r, ''), job.module or '') or 'see its stack'}"
+                  for r in stuck]
+        message = (f"time limit of {limit:.0f} s reached; rank(s) {', '.join(map(str, stuck)) or 'all'} never "
+                   f"finished" + (f" while rank(s) {', '.join(map(str, done))} had" if done else "")
+                   + (" (" + "; ".join(places) + ")" if places else ""))
+        hint = ("A rank is waiting in a collective that another rank never called: every rank must make the "
+                "same collective calls in the same order (no collective inside `if rank == ...`)."
+                if done else "Every rank is stuck or too slow: look at where each one was when time ran out.")
+        return Verdict(passed=False, status="timeout", message=message, hint=hint, stacks=stacks, **base)
+    missing = [r for r in range(ws) if r not in done]
+    agent = job.agent_log()
+    logs["torchrun"] = agent[-LOG_TAIL:]
+    root = ROOT_CAUSE.search(agent)
+    if root and int(root["rank"]) in missing:
+        message = (f"rank {root['rank']} ended without a result (exit code {root['code']}); "
+                   f"torchrun then stopped the other ranks")
+    else:
+        message = f"rank(s) {', '.join(map(str, missing))} ended without a result"
+    return Verdict(passed=False, status="error", message=message,
+                   hint="The process died before finishing: look for os._exit/sys.exit, a crash, or output "
+                        "beyond the size limit in the output below.", **base)
+
+
+def judge_verdict(check: Check, trial: Trial, inputs: list, expected: Any, result: TaskResult, base: dict) -> Verdict:
+    run = Run(exercise=trial.exercise, world_size=trial.world_size, params=trial.params,
+              ranks=tuple(result.outcomes), thresholds=trial.thresholds, profile=trial.profile,
+              inputs=inputs, expected=expected)
+    try:
+        summary = check.judge(run)
+    except CheckFailed as failure:
+        return Verdict(passed=False, status=failure.status, message=failure.message, hint=failure.hint,
+                       details=failure.details, **base)
+    details = {}
+    if isinstance(summary, tuple):
+        summary, details = summary
+    return Verdict(passed=True, message=summary, details=details, **base)
+
+
 # ------------------------------------------------------------------ the check
 
 @dataclass(frozen=True)
-class _Plan:
-    """One launch: the learner's module, its world, and the exercises (first: the requested one)."""
+class Call:
+    """One exercise to run in a job: what the harness needs to make, run and judge its task."""
+    exercise: config.Exercise
+    check: Check
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One job: the learner's module, its world, and the exercises to run in it (first: the requested one)."""
     path: Path
     profile: config.Profile
     world_size: int
     nnodes: int
-    local: bool
-    items: tuple[tuple[config.Exercise, Any, dict], ...]   # (exercise, check, params)
+    calls: tuple[Call, ...]
+    time_limit: float | None
+
+    @property
+    def local(self) -> bool:
+        return self.calls[0].check.local
+
+    def limit(self, call: Call) -> float:
+        return float(self.time_limit or call.exercise.time_limit)
 
 
 class VerdictCache:
     """Verdicts of exercises that shared a launch, keyed by everything that could change them.
 
     The key holds the content of every .py file next to the learner's module, so editing
-    and re-running the %%writefile cell invalidates it. Only the process that ran the
-    launch holds it: grading re-verifies out of the kernel with a fresh harness.
+    and re-running the %%writefile cell invalidates it.
     """
 
     def __init__(self):
@@ -178,16 +227,16 @@ class VerdictCache:
 
 
 NOTEBOOK_CACHE = VerdictCache()  # used by check() and the self-check widget: one kernel, one cache
-SHARED_PARAMS = ("seed",)  # scenario parameters every exercise understands
 
 
 def run_check(exercise_id: str, *, module: str | Path | None = None, world_size: int | None = None,
               profile: str | None = None, time_limit: float | None = None, nnodes: int = 1,
-              cwd: str | Path | None = None, cache: VerdictCache | None = None, **params: Any) -> Verdict:
+              cwd: str | Path | None = None, cache: VerdictCache | None = None, hidden: bool = False,
+              **params: Any) -> Verdict:
     """Run one exercise's check and return its Verdict (never raises for the learner's mistakes).
 
     With a cache, the other exercises written in the same module (same assignment, same
-    world) run in the same launch and their verdicts are cached: grading a notebook costs
+    world) run in the same job and their verdicts are cached: grading a notebook costs
     about one launch per distinct (module, world size).
     """
     course = load_course()
@@ -196,9 +245,9 @@ def run_check(exercise_id: str, *, module: str | Path | None = None, world_size:
     prof = policy.choose_profile(course, profile)
     path = (Path(cwd or Path.cwd()) / (module or exercise.module)).resolve()
     params = {**check.defaults, **params}
-    local = isinstance(check, LocalCheck)
-    ws = 1 if local else int(world_size or exercise.world_size or policy.ranks_for(prof))
-    base = dict(exercise=exercise_id, profile=prof.name, world_size=0 if local else ws)
+    ws = 1 if check.local else int(world_size or exercise.world_size or policy.ranks_for(prof))
+    base = dict(exercise=exercise_id, profile=prof.name, world_size=0 if check.local else ws,
+                max_points=exercise.points, hidden=hidden)
 
     problem = preflight(path, check.functions)
     if problem:
@@ -211,23 +260,33 @@ def run_check(exercise_id: str, *, module: str | Path | None = None, world_size:
     settings = (prof.name, ws, nnodes, time_limit)
     key = VerdictCache.key(exercise_id, path, settings, params)
     if cache is not None and (hit := cache.get(key)):
-        return hit
-    items = [(exercise, check, params)]
-    if cache is not None and not check.measures_speed:
+        return _as(hit, hidden)
+    calls = [Call(exercise, check, params)]
+    if cache is not None and check.measure is None:
         shared = {k: v for k, v in params.items() if k in SHARED_PARAMS}
-        items += _companions(course, exercise, check, path, settings, cache, shared)
-    limits = [float(time_limit or e.time_limit) for e, _, _ in items]
-    plan = _Plan(path, prof, ws, nnodes, local, tuple(items))
-    verdicts = _launch(plan, limits)
+        calls += _companions(course, exercise, check, path, settings, cache, shared)
+    plan = Plan(path, prof, ws, nnodes, tuple(calls), time_limit)
+    if check.measure is not None:
+        from .measured import run_measured
+
+        verdicts = [run_measured(plan, calls[0], base)]
+    else:
+        verdicts = _run(plan)
     if cache is not None:
-        for (e, c, p), v in zip(items, verdicts):
+        for call, v in zip(calls, verdicts):
             if v is not None and v.status in ("pass", "fail", "timeout"):
-                cache.put(VerdictCache.key(e.id, path, settings, p), v)
-    return verdicts[0]
+                cache.put(VerdictCache.key(call.exercise.id, path, settings, call.params), v)
+    return _as(verdicts[0], hidden)
 
 
-def _companions(course, exercise, check, path: Path, settings: tuple, cache: VerdictCache,
-                shared: dict[str, Any]) -> list:
+def _as(verdict: Verdict, hidden: bool) -> Verdict:
+    if verdict.hidden == hidden:
+        return verdict
+    return Verdict.from_dict({**verdict.__dict__, "hidden": hidden})
+
+
+def _companions(course, exercise, check: Check, path: Path, settings: tuple, cache: VerdictCache,
+                shared: dict[str, Any]) -> list[Call]:
     """Other exercises of the same assignment and module that can run after this one in the same ranks.
 
     They run with their default parameters plus the requested call's shared ones (the seed),
@@ -236,145 +295,64 @@ def _companions(course, exercise, check, path: Path, settings: tuple, cache: Ver
     found = []
     for e in course.assignment(exercise.assignment).exercises:
         c = checks.get(e.id)
-        if (e.id == exercise.id or e.module != exercise.module or c.measures_speed
-                or type(c) is not type(check) or preflight(path, c.functions)):
+        if (e.id == exercise.id or e.module != exercise.module or c.measure is not None or c.local != check.local
+                or preflight(path, c.functions)):
             continue
-        if isinstance(c, DistributedCheck) and not c.init_group and check.init_group:
-            continue  # it creates the process group itself: it cannot run after one exists
+        if c.group != "harness" and check.group == "harness":
+            continue  # it must run before any process group exists
         params = {**c.defaults, **shared}
         if cache.get(VerdictCache.key(e.id, path, settings, params)) is None:
-            found.append((e, c, params))
+            found.append(Call(e, c, params))
     return found
 
 
-def _launch(plan: _Plan, limits: list[float]) -> list[Verdict | None]:
-    """One torchrun job for the plan's exercises; a Verdict per exercise (None: never reached)."""
-    ws, n = plan.world_size, len(plan.items)
-    job_dir = Path(tempfile.mkdtemp(prefix=f"course-{plan.items[0][0].id}-"))
-    try:
-        (job_dir / "job.json").write_text(json.dumps({
-            "module": str(plan.path), "time_limit": sum(limits), "memory_limit_gb": plan.profile.memory_limit_gb,
-            "exercises": [{"id": e.id, "params": p} for e, _, p in plan.items]}))
-        worker = ["-m", "autograder.worker", str(job_dir)]
-        if plan.local:
-            commands = [[sys.executable] + worker]
-            env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"}
-        else:
-            endpoint, run_id = f"127.0.0.1:{launch.free_port()}", uuid.uuid4().hex[:8]
-            commands = [launch.torchrun_command(ws // plan.nnodes, worker, nnodes=plan.nnodes,
-                                                endpoint=endpoint, run_id=run_id) for _ in range(plan.nnodes)]
-            env = policy.rank_env(plan.profile)
+def trial_for(plan: Plan, call: Call) -> Trial:
+    return Trial.fresh(exercise=call.exercise.id, params=call.params, world_size=plan.world_size,
+                       profile=plan.profile.name, thresholds=dict(call.exercise.thresholds.get(plan.profile.name, {})),
+                       nnodes=plan.nnodes)
 
-        def limit(_elapsed: float) -> float:
-            # Each exercise gets its own time limit, counted from the moment the previous one finished.
-            done = sum(all(result_path(job_dir, r, i).exists() for r in range(ws)) for i in range(n))
-            return sum(limits[:done + 1])
 
-        with machine.share(exclusive=any(c.measures_speed for _, c, _ in plan.items)) as cpus:
-            result = launch.run_job(commands, job_dir, limit, env, cwd=plan.path.parent, cpus=cpus)
-        outcomes, logs, stacks = _collect(job_dir, ws, n)
-        flooded = [r for r in range(ws) if _size(job_dir / f"rank{r}.log") >= OUTPUT_LIMIT_BYTES]
-    finally:
-        shutil.rmtree(job_dir, ignore_errors=True)
-
-    verdicts: list[Verdict | None] = []
-    for i, (exercise, check, params) in enumerate(plan.items):
-        row = outcomes[i]
-        complete = all(o is not None and o.ok for o in row)
-        if verdicts and (verdicts[-1] is None or not _completed(outcomes[i - 1])):
-            verdicts.append(None)  # the job stopped before this exercise
-            continue
-        base = dict(exercise=exercise.id, profile=plan.profile.name, world_size=0 if plan.local else ws,
-                    seconds=round(result.seconds, 2), logs=dict(logs))
-        if complete:
-            verdicts.append(_judge(plan, exercise, check, params, row, base))
-        else:
-            verdicts.append(_failure(plan, check, row, result, limits[i], flooded, stacks, base))
+def _run(plan: Plan) -> list[Verdict | None]:
+    """One job for the plan's exercises; a Verdict per exercise (None: the job stopped before it)."""
+    verdicts: list[Verdict | None] = [None] * len(plan.calls)
+    with machine.share(exclusive=False) as cpus, \
+            Job(world_size=plan.world_size, profile=plan.profile, module=plan.path.name, sources=plan.path.parent,
+                label=plan.calls[0].exercise.id, local=plan.local, nnodes=plan.nnodes, cpus=cpus) as job:
+        job.launch()
+        # The ranks start (torch's import takes seconds); meanwhile the inputs and expected values are made here.
+        prepared = []
+        for call in plan.calls:
+            trial = trial_for(plan, call)
+            inputs = call.check.inputs(trial)
+            prepared.append((trial, inputs, call.check.expected(trial, inputs) if call.check.expected else None))
+        first = plan.calls[0]
+        base = dict(exercise=first.exercise.id, profile=plan.profile.name, world_size=0 if plan.local else plan.world_size,
+                    max_points=first.exercise.points)
+        failed = job.ready(plan.limit(first))
+        if failed is not None:
+            verdicts[0] = failure_verdict(job, failed, first.check, plan.limit(first), {**base, "seconds": round(failed.seconds, 2)})
+            return verdicts
+        for i, (call, (trial, inputs, expected)) in enumerate(zip(plan.calls, prepared)):
+            result = job.run(call.check.rank_part, inputs, group=call.check.group, time_limit=plan.limit(call))
+            base = dict(exercise=call.exercise.id, profile=plan.profile.name,
+                        world_size=0 if plan.local else plan.world_size, max_points=call.exercise.points,
+                        seconds=round(result.seconds, 2))
+            if not result.complete:
+                verdicts[i] = failure_verdict(job, result, call.check, plan.limit(call), base)
+                break   # the ranks are in an unknown state: the remaining exercises are not run
+            verdicts[i] = judge_verdict(call.check, trial, inputs, expected, result,
+                                        {**base, "logs": {f"rank {r}": t for r, t in job.logs().items()}})
     return verdicts
-
-
-def _completed(row: list[RankOutcome | None]) -> bool:
-    return all(o is not None and o.ok for o in row)
-
-
-def _failure(plan: _Plan, check, row, result, limit: float, flooded, stacks, base) -> Verdict:
-    """Verdict for the first exercise of a job that did not complete on every rank."""
-    ws = plan.world_size
-    logs = base["logs"]
-    if flooded:
-        return Verdict(passed=False, status="fail",
-                       message=f"rank(s) {', '.join(map(str, flooded))} printed more than the output limit "
-                               f"({OUTPUT_LIMIT_BYTES // 2**20} MiB) and were stopped",
-                       hint="Print less: a print inside a loop floods the log. Print on rank 0, every N steps.",
-                       stacks=stacks, **base)
-    failed = [o for o in row if o is not None and not o.ok]
-    if failed:
-        # The first failure that is not just a peer noticing another rank's exit explains the most.
-        primary = next((o for o in failed if not PEER_FAILURE.search(o.error["message"])), failed[0])
-        err = primary.error
-        where = f" at {err['where']}" if err.get("where") else ""
-        phase = "while importing your module" if primary.phase == "import" else ""
-        first_line = (err["message"].splitlines() or ["(no message)"])[0][:300]
-        message = f"rank {primary.rank} raised {err['type']}{where} {phase}: {first_line}"
-        logs[f"rank {primary.rank}"] = (logs.get(f"rank {primary.rank}", "") + "\n" + err["traceback"]).strip()
-        return Verdict(passed=False, status="fail", message=re.sub(r"\s+:", ":", message),
-                       hint=_explain_error(check, err), **base)
-    done = [o.rank for o in row if o is not None]
-    if result.timed_out:
-        stuck = [r for r in range(ws) if r not in done]
-        places = [f"rank {r}: {_where_stuck(stacks.get(f'rank {r}', ''), str(plan.path)) or 'see its stack'}"
-                  for r in stuck]
-        message = (f"time limit of {limit:.0f} s reached; rank(s) {', '.join(map(str, stuck)) or 'all'} never "
-                   f"finished" + (f" while rank(s) {', '.join(map(str, done))} had" if done else "")
-                   + (" (" + "; ".join(places) + ")" if places else ""))
-        hint = ("A rank is waiting in a collective that another rank never called: every rank must make the "
-                "same collective calls in the same order (no collective inside `if rank == ...`)."
-                if done else "Every rank is stuck or too slow: look at where each one was when time ran out.")
-        return Verdict(passed=False, status="timeout", message=message, hint=hint, stacks=stacks, **base)
-    missing = [r for r in range(ws) if r not in done]
-    logs["torchrun"] = result.agent_log[-LOG_TAIL:]
-    root = ROOT_CAUSE.search(result.agent_log)
-    if root and int(root["rank"]) in missing:
-        # torchrun stops every other rank once one fails: name the one that failed first.
-        message = (f"rank {root['rank']} ended without a result (exit code {root['code']}); "
-                   f"torchrun then stopped the other ranks")
-    else:
-        message = (f"rank(s) {', '.join(map(str, missing))} ended without a result "
-                   f"(torchrun exit code {result.returncode})")
-    return Verdict(passed=False, status="error", message=message,
-                   hint="The process died before finishing: look for os._exit/sys.exit, a crash, or output "
-                        "beyond the size limit in the output below.", **base)
-
-
-def _judge(plan: _Plan, exercise, check, params, row, base) -> Verdict:
-    run = Run(exercise=exercise.id, world_size=plan.world_size, params=params, ranks=tuple(row),
-              thresholds=dict(exercise.thresholds.get(plan.profile.name, {})), profile=plan.profile.name)
-    try:
-        summary = _local_summary(row[0]) if plan.local else check.judge(run)
-    except CheckFailed as failure:
-        return Verdict(passed=False, message=failure.message, hint=failure.hint,
-                       details=getattr(failure, "details", {}), **base)
-    details = {}
-    if isinstance(summary, tuple):
-        summary, details = summary
-    return Verdict(passed=True, message=summary, details=details, **base)
-
-
-def _local_summary(outcome: RankOutcome) -> str:
-    result = outcome.result
-    if "failed" in result:
-        raise CheckFailed(result["failed"], result.get("hint", ""))
-    return result["summary"]
 
 
 def check(exercise_id: str, **overrides: Any) -> None:
     """Notebook/test entry: print one success line, or raise AssertionError with the message and hint.
 
     While grading, a verdict the grader already established out of the kernel for exactly
-    these files is reused (see reverify.py); anything else is checked here and now. Both
+    these files is reused (see trusted.py); anything else is checked here and now. Both
     this reuse and the shared launches stop when config.grading_shortcuts() is off.
     """
-    from .reverify import trusted_verdict  # reverify builds on this module
+    from .trusted import trusted_verdict
 
     cache = NOTEBOOK_CACHE if config.grading_shortcuts() else None
     try:

@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 
 from .config import REPO_ROOT, Assignment, ConfigError, Course, course_root
-from .harness import load_course
+from .course import load_course, require_checks
 from .launch import sweep
 
 NBGRADER_CONFIG = REPO_ROOT / "nbgrader_config.py"
@@ -101,6 +101,7 @@ def _selected(course: Course, ids: list[str] | None) -> list[Assignment]:
 def release(assignment_ids: list[str] | None = None, *, dest: Path | None = None) -> list[Path]:
     """Regenerate release/<assignment>/ for the given (default: all) assignments through nbgrader."""
     course = load_course()
+    require_checks(course)
     dest = dest or course_root() / "release"
     assignments = _selected(course, assignment_ids)
     for a in assignments:

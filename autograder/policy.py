@@ -9,6 +9,7 @@ import os
 from typing import Mapping
 
 from .config import ConfigError, Course, Profile
+from .rank.device import backend_for, ddp_device_ids, device_name  # noqa: F401  (the one rule, both sides)
 
 PROFILE_ENV = "COURSE_PROFILE"
 
@@ -58,18 +59,3 @@ def rank_env(profile: Profile) -> dict[str, str]:
     if profile.hide_gpus:
         env["CUDA_VISIBLE_DEVICES"] = ""
     return env
-
-
-def device_name(local_rank: int, cuda_available: bool) -> str:
-    """One GPU per process, chosen by LOCAL_RANK (never RANK: ranks count across nodes)."""
-    return f"cuda:{local_rank}" if cuda_available else "cpu"
-
-
-def backend_for(device: str) -> str:
-    """NCCL drives GPUs; gloo is the CPU backend."""
-    return "nccl" if device.startswith("cuda") else "gloo"
-
-
-def ddp_device_ids(device: str) -> list[int] | None:
-    """DDP's device_ids: the one GPU on CUDA; must be None for CPU modules."""
-    return [int(device.split(":")[1])] if device.startswith("cuda") else None

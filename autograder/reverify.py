@@ -1,30 +1,26 @@
-"""Out-of-kernel re-verification: check the learner's %%writefile cells with a clean harness.
+"""Out-of-kernel re-verification: check the learner's %%writefile cells with the trusted harness.
 
-Student code runs in the same kernel as the test cells, so it could monkeypatch the grader.
-Before nbgrader runs the notebook, the grader extracts the %%writefile cells from the
-submitted JSON (without executing anything), runs every check call of the source test
-cells on them, and keeps these trusted verdicts. The kernel's check() may reuse a trusted
-verdict (so grading launches each check once) only while the files it sees are the files
-that were verified; the grade compares the cells' scores with the trusted ones.
+Student code runs in the same kernel as the test cells, so the kernel's verdicts are not
+evidence. Before nbgrader runs the notebook, the grader extracts the %%writefile cells from
+the submitted JSON (without executing anything), runs every check call of the source test
+cells (hidden ones included) on them, and keeps these trusted verdicts. The kernel's check()
+may reuse one (trusted.py) only while the files it sees are the files that were verified;
+the grade is the lower of the cell's score and the trusted one.
 """
 from __future__ import annotations
 
 import ast
-import hashlib
 import itertools
 import json
-import os
 import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import Assignment, ConfigError, grading_shortcuts, load
+from .config import Assignment, grading_shortcuts
 from .harness import VerdictCache, run_check
-from .verdict import Verdict
-
-TRUSTED_ENV = "COURSE_TRUSTED_VERDICTS"
+from .trusted import call_key, digest
 WRITEFILE = re.compile(r"^%%writefile(?P<append>\s+(-a|--append))?\s+(?P<name>\S+)\s*$")
 
 
@@ -54,27 +50,33 @@ def writefile_cells(notebook: dict) -> dict[str, str]:
     return files
 
 
-def check_calls(notebook: dict, grade_id: str) -> list[tuple[str, dict[str, Any]]]:
+HIDDEN = re.compile(r"^\s*### BEGIN HIDDEN TESTS\s*$(.*?)^\s*### END HIDDEN TESTS\s*$", re.S | re.M)
+
+
+@dataclass(frozen=True)
+class CheckCall:
+    exercise: str
+    overrides: dict[str, Any]
+    hidden: bool        # written between ### BEGIN/END HIDDEN TESTS (graded, not in the student's copy)
+
+
+def check_calls(notebook: dict, grade_id: str) -> list[CheckCall]:
     """The check("id", **literal_kwargs) calls of a test cell, hidden tests included (source notebook)."""
     for cell in notebook.get("cells", []):
         if cell.get("metadata", {}).get("nbgrader", {}).get("grade_id") != grade_id:
             continue
-        code = "\n".join(ln for ln in _source(cell).splitlines() if not ln.lstrip().startswith(("%", "!")))
+        source = _source(cell)
+        hidden_lines = {source[:m.start(1)].count("\n") + i for m in HIDDEN.finditer(source)
+                        for i in range(m[1].count("\n") + 1)}
+        code = "\n".join("" if ln.lstrip().startswith(("%", "!")) else ln for ln in source.splitlines())
         calls = []
         for node in ast.walk(ast.parse(code)):
             if (isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) == "check"
                     and node.args and isinstance(node.args[0], ast.Constant)):
-                calls.append((node.args[0].value, {k.arg: ast.literal_eval(k.value) for k in node.keywords}))
-        return calls
+                calls.append(CheckCall(node.args[0].value, {k.arg: ast.literal_eval(k.value) for k in node.keywords},
+                                       node.lineno - 1 in hidden_lines))
+        return sorted(calls, key=lambda c: c.hidden)   # visible calls first, as the cell runs them
     raise KeyError(f"no test cell with grade_id {grade_id!r}")
-
-
-def _digest(text: str | bytes) -> str:
-    return hashlib.sha256(text.encode() if isinstance(text, str) else text).hexdigest()
-
-
-def call_key(exercise_id: str, overrides: dict[str, Any]) -> str:
-    return json.dumps([exercise_id, overrides], sort_keys=True)
 
 
 @dataclass
@@ -105,37 +107,12 @@ def reverify(submission: dict, source: dict, assignment: Assignment) -> Reverifi
         cache = VerdictCache() if grading_shortcuts() else None
         for exercise in assignment.exercises:
             result = ExerciseResult(exercise.grade_id, exercise.points, exercise.points)
-            for exercise_id, overrides in check_calls(source, exercise.grade_id):
-                verdict = run_check(exercise_id, cwd=tmp, cache=cache, **overrides)
-                verdicts[call_key(exercise_id, overrides)] = json.loads(verdict.to_json())
+            for call in check_calls(source, exercise.grade_id):
+                verdict = run_check(call.exercise, cwd=tmp, cache=cache, hidden=call.hidden, **call.overrides)
+                verdicts[call_key(call.exercise, call.overrides)] = json.loads(verdict.to_json())
                 if not verdict.passed:  # like the test cell, stop at the first failing call
                     result.points = 0.0
                     result.failures.append(verdict.to_text())
                     break
             results[exercise.grade_id] = result
-    return Reverification(results, {n: _digest(t) for n, t in files.items()}, verdicts)
-
-
-def trusted_verdict(exercise_id: str, overrides: dict[str, Any], cwd: Path) -> Verdict | None:
-    """In the kernel while grading: the trusted verdict for this call, if the files on disk are the verified ones
-    (and grading takes its shortcuts).
-
-    The checked module must be there, and every verified file that is there must be
-    byte-identical; files that later cells write may be missing yet (a notebook checks
-    ddp_parts.py before its %%writefile cell for ddp_train.py has run).
-    """
-    path = os.environ.get(TRUSTED_ENV)
-    if not path or not grading_shortcuts():
-        return None
-    try:
-        trusted = json.loads(Path(path).read_text())
-        module = overrides.get("module") or load().exercise(exercise_id).module
-        if module not in trusted["files"] or not (cwd / module).is_file():
-            return None  # not a verified module, or not written yet: the kernel checks for itself
-        for name, digest in trusted["files"].items():
-            if (cwd / name).exists() and _digest((cwd / name).read_bytes()) != digest:
-                return None
-        raw = trusted["verdicts"][call_key(exercise_id, overrides)]
-    except (OSError, ValueError, KeyError, ConfigError):
-        return None
-    return Verdict(**raw)
+    return Reverification(results, {n: digest(t) for n, t in files.items()}, verdicts)

@@ -8,18 +8,6 @@ from . import config
 from .notebook import grading
 from .verdict import Verdict
 
-# Pictures a verdict can carry in `details`; checks fill them, figures.py draws them.
-FIGURE_KEYS = ("speedup", "timeline", "memory")
-
-
-def _figure_html(verdict: Verdict) -> str:
-    if not any(k in verdict.details for k in FIGURE_KEYS):
-        return ""
-    from .figures import verdict_figure_png_base64
-
-    png = verdict_figure_png_base64(verdict)
-    return f'<img alt="{html.escape(verdict.exercise)} figure" src="data:image/png;base64,{png}"/>' if png else ""
-
 
 def self_check(assignment: str) -> None:
     """Show a self-check button for each exercise of an assignment (nothing while nbgrader grades)."""
@@ -49,7 +37,7 @@ def check_buttons(assignment: str, runner: Callable[[str], Verdict]):
             out.value = f"<i>checking {html.escape(exercise.id)} (a torchrun check takes 10-60 s)...</i>"
             try:
                 verdict = runner(exercise.id)
-                out.value = verdict.to_html() + _figure_html(verdict)
+                out.value = verdict.to_html()
             except Exception as exc:  # a broken environment must show up in the widget, not vanish
                 out.value = f"<b style='color:#b42318'>could not run the check: {html.escape(repr(exc))}</b>"
             finally:

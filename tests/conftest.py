@@ -31,10 +31,52 @@ def no_process_outlives_the_test():
 
 
 def control(area: str, name: str) -> Path:
-    """Path of a negative-control (or reference) module under tests/controls/<area>/."""
+    """Path of a negative-control module under tests/controls/<area>/."""
     path = CONTROLS / area / f"{name}.py"
     assert path.is_file(), path
     return path
+
+
+_NOTEBOOK_FILES: dict[tuple[str, str], Path] = {}
+
+
+def _notebook_files(kind: str, assignment: str) -> Path:
+    """A folder with every %%writefile file of source/ (kind="source") or release/ (kind="release") <assignment>."""
+    import json
+    import tempfile
+
+    from autograder.config import course_root
+    from autograder.reverify import writefile_cells
+
+    if (kind, assignment) not in _NOTEBOOK_FILES:
+        folder = Path(tempfile.mkdtemp(prefix=f"course-{kind}-{assignment}-"))
+        notebook = course_root() / kind / assignment / f"{assignment}.ipynb"
+        for name, text in writefile_cells(json.loads(notebook.read_text())).items():
+            (folder / name).write_text(text)
+        _NOTEBOOK_FILES[kind, assignment] = folder
+    return _NOTEBOOK_FILES[kind, assignment]
+
+
+def solution(assignment: str, filename: str) -> Path:
+    """`filename` as the source notebook's %%writefile cell writes it: the reference solution the course ships."""
+    path = _notebook_files("source", assignment) / filename
+    assert path.is_file(), f"source/{assignment} writes no {filename}"
+    return path
+
+
+def stub(assignment: str, filename: str) -> Path:
+    """`filename` as the released (student) notebook writes it: nbgrader's blank stubs."""
+    path = _notebook_files("release", assignment) / filename
+    assert path.is_file(), f"release/{assignment} writes no {filename}"
+    return path
+
+
+def require_sandbox() -> None:
+    """Tests of what the sandbox guarantees fail (never skip) where it cannot be made: CI must have it."""
+    from autograder import sandbox
+
+    why = sandbox.problem()
+    assert why is None, f"the sandbox is required for this test: {why}"
 
 
 @pytest.fixture

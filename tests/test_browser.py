@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from autograder.launch import free_port, processes_with_env
-from conftest import control
+from conftest import solution
 
 pytestmark = pytest.mark.slow
 
@@ -52,7 +52,7 @@ JUPYTER_FILES = {
 
 def learner_module() -> str:
     """The reference torchrun_basics.py with global_mean() put back to the released stub."""
-    solution = control("torchrun", "solution").read_text()
+    solution = solution("02_torchrun", "torchrun_basics.py").read_text()
     start, end = solution.index("def global_mean("), solution.index("def gather_all(")
     stub = "def global_mean(t):\n    # YOUR CODE HERE\n    raise NotImplementedError()\n\n\n"
     return solution[:start] + stub + solution[end:]

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import control
+from conftest import solution, stub
 
 
 def course(*args, cwd=None):
@@ -16,14 +16,14 @@ def course(*args, cwd=None):
 
 @pytest.mark.slow
 def test_pass_is_exit_0_with_json():
-    proc = course("check", "torchrun.env", "--module", str(control("torchrun", "solution")), "--json")
+    proc = course("check", "torchrun.env", "--module", str(solution("02_torchrun", "torchrun_basics.py")), "--json")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     verdict = json.loads(proc.stdout)
     assert verdict["passed"] and verdict["world_size"] == 2 and verdict["profile"] == "cpu"
 
 
 def test_fail_is_exit_1_with_hint():
-    proc = course("check", "torchrun.env", "--module", str(control("torchrun", "stub")))
+    proc = course("check", "torchrun.env", "--module", str(stub("02_torchrun", "torchrun_basics.py")))
     assert proc.returncode == 1
     assert "torchrun.env" in proc.stdout and "Hint:" in proc.stdout
 

@@ -7,9 +7,9 @@ import re
 import pytest
 
 from autograder import run_check
-from autograder.checks import concepts
+from autograder.checks.concepts import close, reference
 from autograder.config import course_root
-from conftest import control
+from conftest import control, require_sandbox
 
 EXERCISES = ["concepts.memory", "concepts.bubble", "concepts.allreduce"]
 NOTEBOOK = course_root() / "source" / "03_concepts" / "03_concepts.ipynb"
@@ -74,16 +74,33 @@ def test_mistake_is_rejected_with_a_hint_that_names_it(exercise, mistake, words)
     assert words in v.message + " " + v.hint, v.to_text()
 
 
-def test_answers_copied_from_the_visible_run_fail_the_hidden_variant(tmp_path):
-    """A lookup table of every visible case passes the visible check and fails a seeded hidden one."""
-    table = {c: concepts.reference_allreduce(*c) for c in concepts.allreduce_cases(0, 16)}
+def test_an_answer_table_from_one_run_fails_the_next(tmp_path):
+    """Every call draws new cases from a fresh secret: answers recorded in one run (here: a lookup table of the
+    visible cases) cannot pass another run."""
+    from autograder.checks.concepts import allreduce
+
+    table = {c: reference.allreduce(*c) for c in allreduce.CASES}
     path = tmp_path / "concepts.py"
     path.write_text(f"TABLE = {table!r}\n\n\ndef ring_allreduce_bytes(n_bytes, world_size):\n"
                     f"    if world_size < 1 or n_bytes < 0:\n        raise ValueError('invalid')\n"
                     f"    return TABLE.get((n_bytes, world_size), 0)\n")
-    assert run_check("concepts.allreduce", module=path, profile="cpu").passed
-    v = run_check("concepts.allreduce", module=path, profile="cpu", seed=3)
+    v = run_check("concepts.allreduce", module=path, profile="cpu")
     assert not v.passed and "expected" in v.message, v.to_text()
+    assert run_check("concepts.allreduce", module=path, profile="cpu", cases=0).passed   # the visible table alone
+
+
+def test_importing_the_graders_reference_fails(tmp_path):
+    """A module that calls the grader's own reference formulas: the rank side cannot import them (sandbox)."""
+    require_sandbox()
+    path = tmp_path / "concepts.py"
+    path.write_text("from autograder.checks.concepts import reference\n\n\n"
+                    "def training_memory_bytes(*a, **k):\n    return reference.memory(*a, **k)\n\n\n"
+                    "def bubble_fraction(**k):\n    return reference.bubble(**k)\n\n\n"
+                    "def ring_allreduce_bytes(**k):\n    return reference.allreduce(**k)\n")
+    for exercise in EXERCISES:
+        v = run_check(exercise, module=path, profile="cpu")
+        assert not v.passed and "while importing your module" in v.message and "ModuleNotFoundError" in v.message, \
+            v.to_text()
 
 
 # ---------------------------------------------------------------- the references themselves (no subprocess)
@@ -92,7 +109,7 @@ def test_answers_copied_from_the_visible_run_fail_the_hidden_variant(tmp_path):
     ("adam", "fp32", (4, 4, 8)), ("adam", "mixed", (2, 2, 12)), ("sgd", "fp32", (4, 4, 4)), ("sgd", "mixed", (2, 2, 8)),
 ])
 def test_bytes_per_parameter_match_the_notebook_table(optimizer, precision, parts):
-    got = concepts.bytes_per_parameter(optimizer, precision)
+    got = reference.bytes_per_parameter(optimizer, precision)
     assert (got["weights"], got["gradients"], got["optimizer"]) == parts
     row = f"| {precision}, {'Adam' if optimizer == 'adam' else 'SGD with momentum'} | {parts[0]} B | {parts[1]} B |"
     assert row in NOTEBOOK.read_text(), f"the notebook's memory table has no row {row!r}"
@@ -100,26 +117,28 @@ def test_bytes_per_parameter_match_the_notebook_table(optimizer, precision, part
 
 def test_zero_stages_per_rank():
     """1.5B parameters, mixed Adam, 8 ranks: the numbers section 6 of the notebook quotes."""
-    mem = lambda shard: concepts.reference_memory(1_500_000_000, "adam", "mixed", 8, shard)  # noqa: E731
+    mem = lambda shard: reference.memory(1_500_000_000, "adam", "mixed", 8, shard)  # noqa: E731
     assert [mem(s) / 1e9 for s in ("none", "zero1", "zero2", "zero3")] == [24.0, 8.25, 5.625, 3.0]
-    assert concepts.reference_memory(10**6, "adam", "fp32", 1, "zero3") == concepts.reference_memory(10**6)
+    assert reference.memory(10**6, "adam", "fp32", 1, "zero3") == reference.memory(10**6)
 
 
 def test_bubble_and_allreduce_edge_cases():
-    assert concepts.reference_bubble(1, 8) == 0 and concepts.reference_bubble(4, 4) == pytest.approx(3 / 7)
-    assert concepts.reference_allreduce(96, 1) == 0 and concepts.reference_allreduce(100, 4) == 150
+    assert reference.bubble(1, 8) == 0 and reference.bubble(4, 4) == pytest.approx(3 / 7)
+    assert reference.allreduce(96, 1) == 0 and reference.allreduce(100, 4) == 150
 
 
-def test_every_typical_mistake_differs_from_the_reference_on_the_visible_cases():
-    """A mistake that equals the reference on every visible case could never be named."""
-    memory_calls = [((n,), dict(optimizer=o, precision=p, world_size=w, shard=s))
-                    for n, o, p, w, s in concepts.memory_cases(0, 24)]
-    for mistakes, reference, calls in [
-        (concepts.MEMORY_MISTAKES, concepts.reference_memory, memory_calls),
-        (concepts.BUBBLE_MISTAKES, concepts.reference_bubble,
-         [((), dict(n_stages=p, n_microbatches=m)) for p, m in concepts.bubble_cases(0, 16)]),
-        (concepts.ALLREDUCE_MISTAKES, concepts.reference_allreduce,
-         [((), dict(n_bytes=n, world_size=w)) for n, w in concepts.allreduce_cases(0, 16)]),
+def test_every_typical_mistake_differs_from_the_reference_and_has_a_hint():
+    """A mistake that equals the reference on every visible case could never be named; each needs its hint."""
+    from autograder.checks.concepts import allreduce, bubble, memory
+
+    for module, formula, mistakes, calls in [
+        (memory, reference.memory, reference.MEMORY_MISTAKES,
+         [((n,), dict(optimizer=o, precision=p, world_size=w, shard=s)) for n, o, p, w, s in memory.CASES]),
+        (bubble, reference.bubble, reference.BUBBLE_MISTAKES,
+         [((), dict(n_stages=p, n_microbatches=m)) for p, m in bubble.CASES]),
+        (allreduce, reference.allreduce, reference.ALLREDUCE_MISTAKES,
+         [((), dict(n_bytes=n, world_size=w)) for n, w in allreduce.CASES]),
     ]:
-        for m in mistakes:
-            assert any(not concepts._close(m.formula(*a, **k), reference(*a, **k)) for a, k in calls), m.name
+        assert set(mistakes) == set(module.HINTS)
+        for name, wrong in mistakes.items():
+            assert any(not close(wrong(*a, **k), formula(*a, **k)) for a, k in calls), name

@@ -10,7 +10,7 @@ import yaml
 
 from autograder import config
 from autograder.config import ConfigError
-from autograder.harness import load_course
+from autograder.course import load_course, missing_checks, require_checks
 
 REAL = yaml.safe_load((config.REPO_ROOT / "course.yaml").read_text())
 
@@ -77,8 +77,12 @@ def test_exercise_without_a_check_is_named(tmp_path, monkeypatch):
     _first_graded(raw)["exercises"][0]["id"] = "torchrun.teleport"
     _write_course(tmp_path, raw)
     monkeypatch.setenv("COURSE_ROOT", str(tmp_path))
-    with pytest.raises(ConfigError, match="'torchrun.teleport' has no check"):
-        load_course()
+    with pytest.raises(ConfigError, match="'torchrun.teleport' has no check in autograder/checks/torchrun/teleport.py"):
+        require_checks(load_course())
+
+
+def test_every_exercise_of_the_course_has_a_check():
+    assert missing_checks(load_course()) == []
 
 
 def test_cli_reports_config_mistakes_in_one_line_with_exit_2(tmp_path):

@@ -1,50 +1,44 @@
-"""Launcher and harness behaviour on the cpu profile (gloo, 2 ranks): pass, raise, hang, flood, orphans."""
+"""Jobs and the harness on the cpu profile (gloo, 2 ranks): pass, raise, die, hang, flood, orphans, memory."""
 from __future__ import annotations
-
-import sys
-import textwrap
 
 import pytest
 
-from autograder import launch, run_check
-from conftest import control
+from autograder import run_check
+from conftest import control, solution
 
 pytestmark = pytest.mark.slow
 
 
-def _script(tmp_path, body: str):
-    path = tmp_path / "job.py"
-    path.write_text(textwrap.dedent(body))
-    return path
+def _profile():
+    from autograder import config, policy
+
+    return policy.choose_profile(config.load(), "cpu")
 
 
-def test_run_job_passes_and_leaves_nothing(tmp_path):
-    script = _script(tmp_path, """
-        import os
-        print("hello from rank", os.environ["RANK"], flush=True)
-    """)
-    result = launch.run_job([launch.torchrun_command(2, [str(script)])], tmp_path / "job", 60, {})
-    assert result.returncode == 0 and not result.timed_out
-    assert "hello from rank 0" in result.agent_log and "hello from rank 1" in result.agent_log
+def test_job_runs_a_part_on_every_rank_and_leaves_nothing(tmp_path):
+    """Each rank gets its own inputs and replies; the harness times the task from outside."""
+    import torch
+
+    from autograder.session import Job
+
+    (tmp_path / "torchrun_basics.py").write_text(solution("02_torchrun", "torchrun_basics.py").read_text())
+    with Job(world_size=2, profile=_profile(), module="torchrun_basics.py", sources=tmp_path, label="t") as job:
+        assert job.ready(60) is None
+        inputs = [{"tensor": torch.full((2,), float(r))} for r in range(2)]
+        result = job.run("torchrun.mean", inputs, time_limit=60)
+        assert result.complete and 0 < result.seconds < 60
+        assert [o.result["result"].tolist() for o in result.outcomes] == [[0.5, 0.5], [0.5, 0.5]]
+        assert all(o.calls.get("all_reduce") for o in result.outcomes)
 
 
-def test_run_job_time_out_is_a_result(tmp_path):
-    script = _script(tmp_path, """
-        import time
-        time.sleep(600)
-    """)
-    result = launch.run_job([launch.torchrun_command(2, [str(script)])], tmp_path / "job", 8, {})
-    assert result.timed_out and result.returncode is None
-    assert result.seconds < 8 + 5
+def test_job_time_out_is_a_result(tmp_path):
+    from autograder.session import Job
 
-
-def test_sweep_kills_processes_that_left_the_session(tmp_path):
-    script = _script(tmp_path, """
-        import subprocess
-        subprocess.Popen(["sleep", "600"], start_new_session=True)
-    """)
-    result = launch.run_job([[sys.executable, str(script)]], tmp_path / "job", 30, {})
-    assert result.returncode == 0  # the autouse fixture proves the sleeping child is gone
+    (tmp_path / "slow.py").write_text("import time\ntime.sleep(600)\n")
+    with Job(world_size=2, profile=_profile(), module="slow.py", sources=tmp_path, label="t") as job:
+        result = job.ready(10)
+        assert result is not None and result.timed_out and 10 <= result.seconds < 10 + 5
+        assert "slow.py" in job.stacks()[0]
 
 
 def test_one_rank_raises_names_the_rank_and_the_error():
@@ -92,7 +86,7 @@ def test_module_that_never_finishes_importing_times_out():
 
 @pytest.mark.parametrize("name, status, words", [
     ("syntax_error", "fail", "syntax error on line 1"),
-    ("missing_function", "fail", "does not define dist_env()"),
+    ("missing_function", "fail", "does not define dist_env"),
 ])
 def test_preflight_reads_the_file_without_running_it(name, status, words):
     v = run_check("torchrun.env", module=control("harness", name))
@@ -109,7 +103,7 @@ def test_missing_file_says_which_cell_to_run(tmp_path):
 def test_check_prints_one_line_on_pass_and_nothing_on_stderr(capfd, tmp_path):
     from autograder import check
 
-    check("torchrun.gather", module=control("torchrun", "solution"))
+    check("torchrun.gather", module=solution("02_torchrun", "torchrun_basics.py"))
     out, err = capfd.readouterr()
     assert err == ""
     assert out.count("\n") == 1 and out.startswith("PASS torchrun.gather")

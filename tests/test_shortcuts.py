@@ -17,9 +17,9 @@ from autograder import config, harness, notebook
 from autograder.config import SHORTCUTS_ENV, course_root
 from autograder.reverify import TRUSTED_ENV, Reverification, call_key, reverify, writefile_cells
 from autograder.verdict import Verdict
-from conftest import control
+from conftest import stub
 
-STUB = control("torchrun", "stub").read_text()
+STUB = stub("02_torchrun", "torchrun_basics.py").read_text()
 
 
 @pytest.mark.parametrize("value, on", [(None, True), ("on", True), ("off", False), ("OFF", False), ("0", False)])

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from autograder import run_check
-from conftest import control
+from conftest import control, solution, stub
 
 pytestmark = pytest.mark.slow
 
@@ -18,13 +18,13 @@ pytestmark = pytest.mark.slow
     ("torchrun.gather", {"world_size": 3, "seed": 2}),
 ])
 def test_reference_passes(exercise, overrides):
-    v = run_check(exercise, module=control("torchrun", "solution"), **overrides)
+    v = run_check(exercise, module=solution("02_torchrun", "torchrun_basics.py"), **overrides)
     assert v.passed, v.to_text()
 
 
 @pytest.mark.parametrize("exercise", ["torchrun.env", "torchrun.mean", "torchrun.gather"])
 def test_blank_stub_is_not_implemented(exercise):
-    v = run_check(exercise, module=control("torchrun", "stub"))
+    v = run_check(exercise, module=stub("02_torchrun", "torchrun_basics.py"))
     assert v.status == "not-implemented" and "NotImplementedError" in v.message
     assert "YOUR CODE HERE" in v.hint
 

@@ -1,117 +1,135 @@
-"""Registry of checks: one module per assignment, each exercise's whole story in one place.
+"""The checks, one module per exercise: `autograder/checks/<assignment>/<exercise>.py` defines CHECK.
 
-A DistributedCheck has a per-rank `scenario(ctx, learner) -> dict` (runs inside every
-torchrun rank) and a `judge(run) -> str` (runs in the harness: returns the success
-summary or raises CheckFailed with a hint). A LocalCheck runs in one process, without
-torchrun (numeric exercises).
+Every check lives on the trusted side. For each call the harness draws a fresh secret
+and asks the check for
+
+- `inputs(trial) -> [inputs of rank 0, inputs of rank 1, ...]`: each rank receives only its own;
+- `expected(trial, inputs) -> value`: what a correct implementation returns, computed here by
+  the assignment's reference module (never sent to a rank);
+- then runs the rank part (autograder/rank/parts/<assignment>.py) in every rank, and
+- `judge(run) -> summary | (summary, details)`: compares what the ranks returned with the
+  expected value; raises CheckFailed(message, hint) naming the mistake.
+
+Checks that measure speed or memory orchestrate several jobs themselves (`measure`).
+`params["seed"]` only selects a variant of a scenario; the data always come from the secret.
 """
 from __future__ import annotations
 
 import importlib
-import os
 import pkgutil
-from contextlib import contextmanager
+import random
+import secrets
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..verdict import CheckFailed
+from ..verdict import CheckFailed, Inconclusive, expect
+
+GROUPS = ("harness", "learner", "none")   # who creates the process group before the rank part runs
 
 
 @dataclass(frozen=True)
-class RankOutcome:
-    rank: int
-    ok: bool
-    result: Any = None           # what the scenario returned
-    error: dict | None = None    # describe_exception() of what the learner's code raised
-    phase: str = ""
-    calls: dict = field(default_factory=dict)
+class Trial:
+    """One call of a check, as the trusted side sees it: its parameters and its secret."""
+    exercise: str
+    params: dict[str, Any]
+    world_size: int
+    profile: str
+    thresholds: dict[str, float]
+    secret: bytes
+    nnodes: int = 1
+
+    @classmethod
+    def fresh(cls, **fields) -> "Trial":
+        return cls(secret=secrets.token_bytes(16), **fields)
+
+    @property
+    def rng(self) -> random.Random:
+        """A new RNG seeded by the secret (the same sequence each time it is asked for)."""
+        return random.Random(self.secret)
+
+    @property
+    def seed(self) -> int:
+        """A 62-bit number derived from the secret, for torch generators."""
+        return int.from_bytes(self.secret[:8], "big") >> 2
+
+    def generator(self, salt: int = 0):
+        import torch
+
+        return torch.Generator().manual_seed((self.seed + 7919 * salt) % 2**62)
 
 
 @dataclass(frozen=True)
 class Run:
-    """Everything the judge sees: per-rank outcomes, the parameters and the thresholds in force."""
+    """Everything a judge sees: what each rank returned, the trusted inputs and expected value, the thresholds."""
     exercise: str
     world_size: int
     params: dict[str, Any]
-    ranks: tuple[RankOutcome, ...]
+    ranks: tuple             # session.RankOutcome per rank (untrusted results)
     thresholds: dict[str, float]
     profile: str
+    inputs: list = field(default_factory=list)
+    expected: Any = None
 
     def results(self) -> list[Any]:
         return [r.result for r in self.ranks]
 
 
 @dataclass(frozen=True)
-class DistributedCheck:
+class Check:
     id: str
-    functions: tuple[str, ...]                       # names the learner's module must define
-    scenario: Callable[[Any, Any], Any]              # (RankContext, learner module) -> JSON-able result
-    judge: Callable[[Run], str]                      # -> success summary; raises CheckFailed
-    init_group: bool = True                          # the harness creates the process group first
-    explain: Callable[[dict], str | None] = lambda error: None  # exception -> hint, check-specific
-    defaults: dict[str, Any] = field(default_factory=dict)      # scenario parameters
-    measures_speed: bool = False  # times itself: runs alone (no shared launch; exclusive machine when grading)
-
-
-@dataclass(frozen=True)
-class LocalCheck:
-    id: str
-    functions: tuple[str, ...]
-    run: Callable[[Any, dict[str, Any]], str]        # (learner module, params) -> summary; raises CheckFailed
+    functions: tuple[str, ...]                         # the learner's module must define these (read, not run)
+    judge: Callable[[Run], Any] | None = None          # -> summary or (summary, details); raises CheckFailed
+    inputs: Callable[[Trial], list] | None = None      # per-rank inputs
+    expected: Callable[[Trial, list], Any] | None = None   # the reference's values (trusted side only)
+    part: str = ""                                     # rank part; default: the exercise id
+    group: str = "harness"
+    local: bool = False                                # one plain process, no torchrun (numeric exercises)
+    explain: Callable[[dict], str | None] = lambda error: None   # learner exception -> hint
     defaults: dict[str, Any] = field(default_factory=dict)
-    measures_speed: bool = False
+    measure: Callable[[Any], Any] | None = None        # speed/memory: runs its own jobs (checks/measured.py)
+    measures_speed: bool = False                       # needs the machine alone (no shared launch)
+
+    def __post_init__(self):
+        if self.group not in GROUPS:
+            raise ValueError(f"{self.id}: group must be one of {GROUPS}")
+        if self.measure is None and (self.judge is None or self.inputs is None):
+            raise ValueError(f"{self.id}: a check needs inputs and a judge (or a measure)")
+
+    @property
+    def rank_part(self) -> str:
+        return self.part or self.id
 
 
-Check = DistributedCheck | LocalCheck
-
-
-@contextmanager
-def environment(values: dict[str, str | None]):
-    """Set (or, for None, remove) environment variables for the duration of the block (scenarios, benchmarks)."""
-    saved = {k: os.environ.get(k) for k in values}
-
-    def apply(items):
-        for k, v in items.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-    apply(values)
-    try:
-        yield
-    finally:
-        apply(saved)
-
-
-_REGISTRY: dict[str, Check] = {}
-
-
-def register(check: Check) -> Check:
-    if check.id in _REGISTRY:
-        raise ValueError(f"check {check.id!r} registered twice")
-    _REGISTRY[check.id] = check
-    return check
-
-
-def _load_all() -> None:
-    """Import every module in this package: each registers its assignment's checks."""
-    for info in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{info.name}")
+def _module_name(exercise_id: str) -> str:
+    assignment, _, exercise = exercise_id.partition(".")
+    return f"{__name__}.{assignment}.{exercise}"
 
 
 def get(exercise_id: str) -> Check:
-    _load_all()
+    """The check of an exercise (its module is imported on first use)."""
     try:
-        return _REGISTRY[exercise_id]
-    except KeyError:
-        raise KeyError(f"no check implements exercise {exercise_id!r}") from None
+        module = importlib.import_module(_module_name(exercise_id))
+    except ModuleNotFoundError as exc:
+        if exc.name and _module_name(exercise_id).startswith(exc.name):
+            raise KeyError(f"no check implements exercise {exercise_id!r}") from None
+        raise
+    check = getattr(module, "CHECK", None)
+    if not isinstance(check, Check) or check.id != exercise_id:
+        raise KeyError(f"{module.__name__} defines no CHECK for {exercise_id!r}")
+    return check
 
 
 def implemented() -> set[str]:
-    _load_all()
-    return set(_REGISTRY)
+    """Every exercise id that has a check module (without importing the modules)."""
+    found = set()
+    for package in pkgutil.iter_modules(__path__):
+        if not package.ispkg:
+            continue
+        sub = importlib.import_module(f"{__name__}.{package.name}")
+        for info in pkgutil.iter_modules(sub.__path__):
+            if not info.ispkg and not info.name.startswith("_") and info.name not in ("reference", "shared"):
+                found.add(f"{package.name}.{info.name}")
+    return found
 
 
-__all__ = ["CheckFailed", "DistributedCheck", "LocalCheck", "Run", "RankOutcome", "environment", "get",
-           "implemented", "register"]
+__all__ = ["Check", "CheckFailed", "Inconclusive", "Run", "Trial", "expect", "get", "implemented"]

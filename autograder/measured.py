@@ -1,0 +1,179 @@
+"""What the speed and memory checks use: the learner's job and the reference's job side by side, runs
+timed from outside in rotating order, and pass lines calibrated by the reference in the same run.
+
+Why a reference job: the learner's code cannot be its own baseline (a script can slow its
+1-rank runs down), and a fixed pass line fails honest students on a busy laptop. So the
+reference solution (the source notebook's own file, run in a process the learner's code is
+not in) gives the baseline and shows what this machine can reach right now:
+
+    reference speed-up  = median over rounds of t(reference, baseline) / t(reference, parallel)
+    learner speed-up    = median over rounds of t(reference, baseline) / t(learner, parallel)
+    pass line           = max(floor, reference_share x reference speed-up)
+
+and when even the reference stays under the floor the verdict is INCONCLUSIVE (re-run on a
+quieter machine), never a fail. Each round runs its three sides in a rotated order (ABC,
+CAB, BCA, ...), so a drift in the machine's speed hits every side alike.
+
+In the student pack there is no reference: the baseline is the learner's own run and the
+pass line is the floor (a self-check, not a grade).
+"""
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import machine
+from .session import Job, TaskResult
+from .verdict import CheckFailed, Inconclusive, Verdict
+
+
+class JobFailed(Exception):
+    """The learner's job did not complete a task: the harness turns it into the usual failure verdict."""
+
+    def __init__(self, job: Job, result: TaskResult, limit: float):
+        super().__init__(result.part)
+        self.job, self.result, self.limit = job, result, limit
+
+
+class ReferenceFailed(RuntimeError):
+    """The course's own reference failed here: an environment problem, not the learner's."""
+
+
+def rotations(repeats: int, sides: int = 3) -> list[list[int]]:
+    """Round i runs the sides in order rotated by i: [0,1,2], [2,0,1], [1,2,0], ..."""
+    base = list(range(sides))
+    return [base[-(i % sides):] + base[:-(i % sides)] if i % sides else base[:] for i in range(repeats)]
+
+
+def calibrated(baseline: list[float], reference: list[float], learner: list[float], *, ideal: float,
+               floor_efficiency: float, reference_share: float) -> dict:
+    """The speed-up figures and the decision: 'pass', 'fail' or 'inconclusive' (see the module docstring)."""
+    ref = [b / r for b, r in zip(baseline, reference)]
+    got = [b / x for b, x in zip(baseline, learner)]
+    ref_median, got_median = statistics.median(ref), statistics.median(got)
+    floor = round(floor_efficiency * ideal, 2)
+    line = round(max(floor, reference_share * ref_median), 2)
+    decision = "pass" if got_median >= line else ("inconclusive" if ref_median < floor else "fail")
+    return {"measured": round(got_median, 2), "reference": round(ref_median, 2), "ideal": ideal,
+            "threshold": line, "floor": floor, "ratios": [round(x, 2) for x in got],
+            "reference_ratios": [round(x, 2) for x in ref], "decision": decision}
+
+
+def self_baseline(baseline: list[float], learner: list[float], *, ideal: float, floor_efficiency: float) -> dict:
+    """Student pack: the learner's own baseline, the floor as the line (no reference to calibrate with)."""
+    got = [b / x for b, x in zip(baseline, learner)]
+    median = statistics.median(got)
+    floor = round(floor_efficiency * ideal, 2)
+    return {"measured": round(median, 2), "ideal": ideal, "threshold": floor, "floor": floor,
+            "ratios": [round(x, 2) for x in got], "decision": "pass" if median >= floor else "fail",
+            "self_baseline": True}
+
+
+@dataclass
+class Measurement:
+    """The context a measuring check's `measure(m)` works in."""
+    plan: Any       # harness.Plan
+    call: Any       # harness.Call
+    trial: Any      # checks.Trial
+    cpus: set[int] | None = None
+    jobs: list = field(default_factory=list)   # every job started, closed by run_measured whatever happens
+
+    @property
+    def time_limit(self) -> float:
+        return self.plan.limit(self.call)
+
+    @property
+    def world_size(self) -> int:
+        return self.plan.world_size
+
+    def reference_sources(self) -> dict[str, str] | None:
+        """The source notebook's %%writefile files for this exercise's assignment (None in the student pack)."""
+        from .config import course_root
+        from .reverify import writefile_cells
+
+        from .course import load_course
+
+        exercise = self.call.exercise
+        course = load_course()
+        notebook = course_root() / "source" / exercise.assignment / course.assignment(exercise.assignment).notebook
+        if not notebook.is_file():
+            return None
+        return writefile_cells(json.loads(notebook.read_text()))
+
+    def learner_job(self, world_size: int | None = None) -> Job:
+        return self._job(self.plan.path.parent, world_size, "learner")
+
+    def reference_job(self, sources: dict[str, str], world_size: int | None = None) -> Job:
+        return self._job(sources, world_size, "reference")
+
+    def _job(self, sources: Path | dict, world_size: int | None, role: str) -> Job:
+        job = Job(world_size=world_size or self.world_size, profile=self.plan.profile, module=self.plan.path.name,
+                  sources=sources, label=f"{self.call.exercise.id}-{role}", cpus=self.cpus)
+        job.role = role
+        self.jobs.append(job)
+        job.launch()
+        return job
+
+    def ready(self, job: Job) -> None:
+        failed = job.ready(self.time_limit)
+        if failed is not None:
+            self._failed(job, failed)
+
+    def run(self, job: Job, part: str, inputs: list, *, group: str = "none", measure_memory: bool = False,
+            time_limit: float | None = None) -> TaskResult:
+        result = job.run(part, inputs, group=group, time_limit=time_limit or self.time_limit,
+                         measure_memory=measure_memory)
+        if not result.complete:
+            self._failed(job, result)
+        return result
+
+    def _failed(self, job: Job, result: TaskResult):
+        if getattr(job, "role", "") == "reference":
+            errors = [o.error["line"] for o in result.outcomes if o is not None and o.error]
+            raise ReferenceFailed(f"the course's reference failed here ({result.problem or result.part}: "
+                                  f"{errors[0] if errors else 'timed out or died'}); its output: {job.logs()}")
+        raise JobFailed(job, result, self.time_limit)
+
+
+def run_measured(plan, call, base: dict) -> Verdict:
+    """Run a measuring check: its own jobs, alone on the machine while grading; a Verdict whatever happens."""
+    from .harness import failure_verdict, trial_for
+
+    trial = trial_for(plan, call)
+    with machine.share(exclusive=call.check.measures_speed) as cpus:
+        m = Measurement(plan, call, trial, cpus)
+        try:
+            summary = call.check.measure(m)
+        except JobFailed as failed:
+            try:
+                return failure_verdict(failed.job, failed.result, call.check, failed.limit,
+                                       {**base, "seconds": round(failed.result.seconds, 2)})
+            finally:
+                _close_jobs(m)
+        except ReferenceFailed as exc:
+            _close_jobs(m)
+            return Verdict(passed=False, status="error", message=str(exc)[:600],
+                           hint="This is a problem of the machine or the course install, not of your code: "
+                                "tell your instructor, with this message.", **base)
+        except CheckFailed as failure:
+            _close_jobs(m)
+            return Verdict(passed=False, status=failure.status, message=failure.message, hint=failure.hint,
+                           details=failure.details, **base)
+        _close_jobs(m)
+    details = {}
+    if isinstance(summary, tuple):
+        summary, details = summary
+    return Verdict(passed=True, message=summary, details=details, **base)
+
+
+def _close_jobs(m: Measurement) -> None:
+    for job in m.jobs:
+        job.close()
+    m.jobs.clear()
+
+
+__all__ = ["CheckFailed", "Inconclusive", "JobFailed", "Measurement", "ReferenceFailed", "calibrated",
+           "rotations", "run_measured", "self_baseline"]

@@ -1,0 +1,99 @@
+"""Helpers for the rank parts (and the harness, where both must build the same thing): the error line,
+full float32, patching a function for the length of a call, environment variables, and models
+rebuilt from the specs and weights the harness sends.
+"""
+from __future__ import annotations
+
+import os
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+
+def error_line(exc: BaseException) -> str:
+    """'TypeName: first line of the message', also for an exception without a message (a bare assert)."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:300]}" if lines else type(exc).__name__
+
+
+def describe_exception(exc: BaseException, learner_file: str | None) -> dict[str, Any]:
+    """Type, message, the learner's line where it was raised, and the traceback (trimmed)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = next((f"{Path(f.filename).name}:{f.lineno} in {f.name}" for f in reversed(frames)
+                  if learner_file and Path(f.filename).name == Path(learner_file).name), "")
+    return {"type": type(exc).__name__, "message": str(exc).strip()[:2000], "line": error_line(exc),
+            "where": where, "traceback": "".join(traceback.format_exception(exc))[-6000:]}
+
+
+@contextmanager
+def float32():
+    """Full float32 on GPUs (no TF32) for the block, so results compare with a CPU reference; restored after."""
+    import torch
+
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+@contextmanager
+def patched(owner, name: str, replacement, learner=None):
+    """Replace owner.name for the block; also any name in the learner's module bound to the original
+    (`from torch import save` binds the function itself, which patching the module would miss)."""
+    original = getattr(owner, name)
+    aliases = [k for k, v in vars(learner).items() if v is original] if learner is not None else []
+    setattr(owner, name, replacement)
+    for k in aliases:
+        setattr(learner, k, replacement)
+    try:
+        yield original
+    finally:
+        setattr(owner, name, original)
+        for k in aliases:
+            setattr(learner, k, original)
+
+
+@contextmanager
+def environment(values: dict[str, str | None]):
+    """Set (or, for None, remove) environment variables for the block."""
+    saved = {k: os.environ.get(k) for k in values}
+
+    def apply(items):
+        for k, v in items.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+    apply(values)
+    try:
+        yield
+    finally:
+        apply(saved)
+
+
+# ------------------------------------------------------------------ models from specs
+
+def build_model(spec: dict):
+    """A model from a spec the harness sent: {"kind": "eurosat", "width", "blocks", "norm", "state"?}.
+
+    With "state" (a state dict) the weights are loaded exactly; without it the model keeps
+    the initialisation of whatever random state is current.
+    """
+    from eurosat.model import EuroSATNet
+
+    if spec.get("kind", "eurosat") != "eurosat":
+        raise ValueError(f"unknown model kind {spec.get('kind')!r}")
+    model = EuroSATNet(width=int(spec.get("width", 16)), blocks=int(spec.get("blocks", 3)),
+                       norm=bool(spec.get("norm", True)))
+    if spec.get("state") is not None:
+        model.load_state_dict(spec["state"], strict=True)
+    return model
+
+
+def state_of(module) -> dict:
+    """A detached CPU copy of a module's state dict (parameters and buffers), ready to send."""
+    return {k: v.detach().to("cpu").clone() for k, v in module.state_dict().items()}

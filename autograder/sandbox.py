@@ -1,0 +1,220 @@
+"""Bubblewrap around every process that runs learner code: own PID, mount, network and IPC namespaces,
+a read-only system, and no view of the course, the submissions or the grader.
+
+What a sandboxed job sees and may do:
+- the system, the Python install and the rank side of the package (autograder/rank, eurosat),
+  read-only; the rest of the package (checks, references), the course folder (source/,
+  release/, grading output), HOME and every path the caller hides are empty folders;
+- its own job folder, read-only, except its rank logs and stacks, and a size-capped scratch
+  folder, /tmp and /dev/shm (tmpfs: a full disk is impossible);
+- loopback networking only (torchrun and gloo work; nothing leaves the machine);
+- as root: it runs as the unprivileged user `course-sandbox`; otherwise in a user
+  namespace of the grader's own user (which sees only what is listed above);
+- at most PROCESSES processes (a pids cgroup where one can be made, else RLIMIT_NPROC);
+- killing the sandbox (bwrap) kills everything in it: it is PID 1's namespace, which no
+  child can leave (setsid and double forks stay inside).
+
+COURSE_SANDBOX=auto (default: use it where it works), on (required), off (never).
+"""
+from __future__ import annotations
+
+import functools
+import glob
+import os
+import pwd
+import shlex
+import shutil
+import subprocess
+import sys
+import sysconfig
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+MODE_ENV = "COURSE_SANDBOX"
+USER = "course-sandbox"
+PROCESSES = 512
+TMP_BYTES = 512 * 2**20
+SHM_BYTES = 1024 * 2**20
+SCRATCH_BYTES = 1024 * 2**20
+PIDS_CGROUP = Path("/sys/fs/cgroup/pids")
+
+
+class SandboxUnavailable(RuntimeError):
+    """The sandbox was required but cannot be made here; the message says why and what to do."""
+
+
+def mode() -> str:
+    value = os.environ.get(MODE_ENV, "auto").lower()
+    return value if value in ("auto", "on", "off") else "auto"
+
+
+@functools.lru_cache(maxsize=None)
+def problem() -> str | None:
+    """Why no sandbox can be made on this machine (None: it can)."""
+    if not sys.platform.startswith("linux"):
+        return f"the sandbox needs Linux namespaces; this is {sys.platform}"
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        return "bubblewrap is not installed (Debian/Ubuntu: apt-get install bubblewrap; `make setup` does it as root)"
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam(USER)
+        except KeyError:
+            return f"the unprivileged user {USER!r} does not exist (`make setup` creates it as root)"
+    probe = [bwrap, "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev", "--unshare-pid", "--unshare-net",
+             "--unshare-ipc", "--die-with-parent"] + ([] if os.geteuid() == 0 else ["--unshare-user"]) + ["true"]
+    try:
+        done = subprocess.run(probe, stdin=subprocess.DEVNULL, capture_output=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"bubblewrap could not start: {exc}"
+    if done.returncode != 0:
+        return ("bubblewrap cannot create namespaces here (a container without user namespaces?): "
+                + done.stderr.decode(errors="replace").strip()[:300])
+    return None
+
+
+def enabled() -> bool:
+    """Whether jobs run sandboxed now; SandboxUnavailable when it is required and cannot be had."""
+    chosen = mode()
+    if chosen == "off":
+        return False
+    why = problem()
+    if why and chosen == "on":
+        raise SandboxUnavailable(f"a sandbox is required ({MODE_ENV}=on) but {why}")
+    return why is None
+
+
+# ------------------------------------------------------------------ what is visible inside
+
+def _package_dir(name: str) -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec(name)
+    return Path(next(iter(spec.submodule_search_locations))).resolve()
+
+
+def _python_dirs() -> list[Path]:
+    """The interpreter and its libraries: what `python -I -m autograder.rank` needs."""
+    paths = {Path(sys.prefix), Path(sys.base_prefix), Path(sys.executable).resolve().parent.parent}
+    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+        paths.add(Path(sysconfig.get_paths()[key]))
+    return sorted(p.resolve() for p in paths if p.exists())
+
+
+def _hidden_by_default() -> list[Path]:
+    from .config import course_root
+
+    home = Path(os.path.expanduser("~"))
+    candidates = [course_root(), home, Path("/root"), Path("/home"), Path("/var/tmp"), Path("/work"),
+                  Path("/srv"), Path("/mnt"), Path("/media"), Path("/opt/course")]
+    return [p.resolve() for p in candidates if p.exists()]
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    hide: tuple[Path, ...] = ()            # more folders to hide (grading output, submissions)
+    expose: tuple[Path, ...] = ()          # more folders to show read-only (a prepared dataset)
+    shape_loopback: str | None = None      # tc tbf arguments for lo, e.g. "rate 200mbit burst 64kb latency 100ms"
+
+    # -------------------------------------------------------------- the command
+    def command(self, inner: list[str], *, job, world_size: int, env: dict[str, str]) -> list[str]:
+        """bwrap ... -- inner, for a job in JobFolder `job` with `world_size` ranks."""
+        root = os.geteuid() == 0
+        args = [shutil.which("bwrap") or "bwrap", "--die-with-parent", "--new-session", "--unshare-pid",
+                "--unshare-ipc", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try", "--hostname", "localhost"]
+        if not root:
+            args += ["--unshare-user", "--uid", str(os.getuid()), "--gid", str(os.getgid())]
+        args += ["--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev"]
+        for device in sorted(glob.glob("/dev/nvidia*")):
+            args += ["--dev-bind-try", device, device]
+        args += ["--perms", "1777", "--size", str(SHM_BYTES), "--tmpfs", "/dev/shm",
+                 "--perms", "1777", "--size", str(TMP_BYTES), "--tmpfs", "/tmp"]
+        package, eurosat = _package_dir("autograder"), _package_dir("eurosat")
+        hidden = sorted({*_hidden_by_default(), *(p.resolve() for p in self.hide), package}, key=lambda p: len(p.parts))
+        for folder in hidden:
+            args += ["--perms", "0755", "--tmpfs", str(folder)]
+        shown = sorted({*_python_dirs(), eurosat, package / "rank", *(p.resolve() for p in self.expose)},
+                       key=lambda p: len(p.parts))
+        # Folders between a hidden (empty) folder and what is shown in it: traversable, whatever the host's mode.
+        between = sorted({a for p in shown for a in p.parents if any(h in a.parents or h == a for h in hidden)}
+                         - set(hidden), key=lambda p: len(p.parts))
+        for folder in between:
+            args += ["--perms", "0755", "--dir", str(folder)]
+        for path in shown:
+            args += ["--ro-bind", str(path), str(path)]
+        args += ["--ro-bind", str(package / "__init__.py"), str(package / "__init__.py")]
+        args += ["--ro-bind", str(job.path), str(job.path)]
+        for rank in range(world_size):
+            args += ["--bind", str(job.log(rank)), str(job.log(rank)),
+                     "--bind", str(job.stack(rank)), str(job.stack(rank))]
+        args += ["--perms", "1777", "--size", str(SCRATCH_BYTES), "--tmpfs", str(job.scratch),
+                 "--chdir", str(job.scratch), "--clearenv"]
+        for key, value in env.items():
+            args += ["--setenv", key, value]
+        if root:
+            drop = ["setpriv", f"--reuid={USER}", f"--regid={USER}", "--clear-groups", "--inh-caps=-all",
+                    "--bounding-set=-all", "--no-new-privs"]
+            if self.shape_loopback:
+                args += ["--cap-add", "CAP_NET_ADMIN", "--", "/bin/sh", "-c",
+                         f"tc qdisc add dev lo root tbf {self.shape_loopback} && exec \"$@\"", "sandbox"]
+            else:
+                args.append("--")
+            return args + drop + inner
+        return args + ["--"] + inner
+
+    @staticmethod
+    def owner() -> int | None:
+        """The uid that must be able to write a job's logs (the sandbox user, as root)."""
+        return pwd.getpwnam(USER).pw_uid if os.geteuid() == 0 else None
+
+
+# ------------------------------------------------------------------ process limit and cleanup
+
+def pids_cgroup() -> Path | None:
+    """A fresh pids cgroup capped at PROCESSES (as root, where the controller is writable), else None."""
+    if os.geteuid() != 0 or not os.access(PIDS_CGROUP, os.W_OK):
+        return None
+    group = PIDS_CGROUP / f"course-{uuid.uuid4().hex[:12]}"
+    try:
+        group.mkdir()
+        (group / "pids.max").write_text(str(PROCESSES))
+    except OSError:
+        return None
+    return group
+
+
+def join(group: Path | None) -> None:
+    """In the child, before exec: enter the cgroup, so that every later fork is counted in it."""
+    if group is not None:
+        (group / "cgroup.procs").write_text(str(os.getpid()))
+
+
+def kill_and_remove(group: Path | None) -> None:
+    """Kill whatever is left in the cgroup and remove it."""
+    import signal
+    import time
+
+    if group is None:
+        return
+    for _ in range(100):
+        try:
+            pids = [int(p) for p in (group / "cgroup.procs").read_text().split()]
+        except OSError:
+            break
+        if not pids:
+            break
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.02)
+    try:
+        group.rmdir()
+    except OSError:
+        pass
+
+
+def describe(cmd: list[str]) -> str:
+    return shlex.join(cmd)

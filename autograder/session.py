@@ -1,0 +1,384 @@
+"""One job of rank drivers (under torchrun, or one plain process), run by the trusted harness.
+
+The harness listens on a Unix socket in the job folder, starts the job (sandboxed where
+possible), and then talks to each rank on the connection that rank opened first:
+
+    hello (rank r)  ->  setup                    every rank, before any learner code runs
+    import          ->  ok | error               once all ranks have said hello (the barrier)
+    task (inputs_r) ->  outputs_r | error        per task, this rank's inputs only
+
+Times are taken here, from outside: a task starts when the last rank's inputs were sent
+and ends when the last reply arrived. Peak memory is read from /proc/<pid>/status of each
+rank (the pid the kernel reports for the connection, not one the rank claims).
+"""
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from . import launch, policy, sandbox
+from .config import Profile
+from .jobfolder import JobFolder
+from .rank import wire
+
+OUTPUT_LIMIT = 64 * 2**20     # bytes a rank may print (beyond: SIGXFSZ, reported as flooding)
+REPLY_LIMIT = 256 * 2**20     # bytes of one rank's reply
+MEMORY_POLL = 0.02            # seconds between /proc reads while a task runs with memory measured
+
+
+@dataclass
+class RankOutcome:
+    """What one rank sent back for one task (untrusted: the learner's process produced it)."""
+    rank: int
+    ok: bool
+    result: Any = None           # what the rank part returned
+    error: dict | None = None    # describe_exception() of what the learner's code raised
+    phase: str = ""              # "import", "group" or "run"
+    calls: dict = field(default_factory=dict)
+    replied: float = 0.0         # monotonic time the reply arrived
+
+
+@dataclass
+class TaskResult:
+    part: str
+    outcomes: list[RankOutcome | None]   # None: this rank sent nothing
+    started: float
+    seconds: float
+    timed_out: bool = False
+    problem: str = ""                    # job-level: a rank died, a process claimed another rank, ...
+    peak_rss: list[int] = field(default_factory=list)    # bytes per rank, the most VmRSS seen while it ran
+    start_rss: list[int] = field(default_factory=list)   # bytes per rank when the inputs were sent
+
+    @property
+    def complete(self) -> bool:
+        return not self.problem and not self.timed_out and all(o is not None and o.ok for o in self.outcomes)
+
+    def results(self) -> list[Any]:
+        return [o.result for o in self.outcomes]
+
+
+class _Rank:
+    def __init__(self, conn: socket.socket, pid: int):
+        self.conn, self.pid = conn, pid
+        self.reader = wire.Reader(REPLY_LIMIT)
+        self.inbox: list[Any] = []
+        self.closed = False
+
+
+def _rss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+class Job:
+    """Start with `start()`, run tasks with `run()`, always `close()` (or use `with`)."""
+
+    def __init__(self, *, world_size: int, profile: Profile, module: str | None, sources: Path | dict | None,
+                 label: str = "check", local: bool = False, nnodes: int = 1, cpus: set[int] | None = None,
+                 confine: sandbox.Sandbox | None = None, sandboxed: bool | None = None):
+        self.world_size, self.profile, self.local, self.nnodes = world_size, profile, local, nnodes
+        self.sandboxed = sandbox.enabled() if sandboxed is None else sandboxed
+        self.confine = confine or sandbox.Sandbox()
+        self.folder = JobFolder.create(label, world_size, owner=sandbox.Sandbox.owner() if self.sandboxed else None)
+        if isinstance(sources, dict):
+            self.folder.write_sources(sources)
+        elif sources is not None:
+            self.folder.copy_sources(sources)
+        self.module = str(self.folder.src / module) if module else None
+        self.cpus, self.token = cpus, uuid.uuid4().hex
+        self.ranks: dict[int, _Rank] = {}
+        self.problem = ""
+        self.proc: subprocess.Popen | None = None
+        self.cgroup: Path | None = None
+        self.selector = selectors.DefaultSelector()
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(str(self.folder.socket))
+        os.chmod(self.folder.socket, 0o777)
+        self.listener.listen(64)
+        self.listener.setblocking(False)
+        self.selector.register(self.listener, selectors.EVENT_READ, None)
+        self.started_at = 0.0
+        self.output_limit = OUTPUT_LIMIT
+        self.role = "learner"     # or "reference": the course's own solution, run for comparison
+
+    # -------------------------------------------------------------- start
+    def _env(self) -> dict[str, str]:
+        env = {"PATH": os.pathsep.join([str(Path(sys.executable).parent), "/usr/local/bin", "/usr/bin", "/bin"]),
+               "HOME": str(self.folder.scratch), "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1",
+               "PYTHONDONTWRITEBYTECODE": "1", "TMPDIR": "/tmp" if self.sandboxed else str(self.folder.scratch),
+               launch.TOKEN_ENV: self.token}
+        for key in ("CUDA_VISIBLE_DEVICES", "COURSE_TEST_ID", "LD_LIBRARY_PATH"):
+            if key in os.environ:
+                env[key] = os.environ[key]
+        env.update(policy.rank_env(self.profile))
+        if self.sandboxed:   # the sandbox has only a loopback interface
+            env.update(GLOO_SOCKET_IFNAME="lo", NCCL_SOCKET_IFNAME="lo")
+        if self.local:
+            env.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
+        return env
+
+    def _command(self) -> list[str]:
+        driver = [sys.executable, "-I", "-m", "autograder.rank", str(self.folder.path)]
+        if self.local:
+            return driver
+        port = 29400 if self.sandboxed else launch.free_port()
+        agents = [launch.torchrun_command(self.world_size // self.nnodes, driver, nnodes=self.nnodes,
+                                          endpoint=f"127.0.0.1:{port}", run_id=self.token[:8])
+                  for _ in range(self.nnodes)]
+        if len(agents) == 1:
+            return agents[0]
+        import shlex
+
+        return ["/bin/sh", "-c", " & ".join(shlex.join(a) for a in agents) + " & wait"]
+
+    def launch(self) -> None:
+        """Start the job's processes (they import torch and connect; `ready` waits for them)."""
+        env, inner = self._env(), self._command()
+        cmd = self.confine.command(inner, job=self.folder, world_size=self.world_size, env=env) \
+            if self.sandboxed else inner
+        self.cgroup = sandbox.pids_cgroup() if self.sandboxed else None
+        cpus, group = self.cpus, self.cgroup
+
+        def in_child():
+            sandbox.join(group)
+            if cpus:
+                os.sched_setaffinity(0, cpus)
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_FSIZE, (OUTPUT_LIMIT, OUTPUT_LIMIT))
+
+        self.started_at = time.monotonic()
+        with open(self.folder.agent_log, "wb") as log:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                         env=env, cwd=self.folder.scratch, start_new_session=True,
+                                         preexec_fn=in_child)
+
+    def ready(self, time_limit: float) -> TaskResult | None:
+        """Wait for every rank's hello, then import the learner's module everywhere; a TaskResult if that failed.
+
+        The time limit counts from the launch: start-up and import share it.
+        """
+        if self.proc is None:
+            self.launch()
+        deadline = self.started_at + time_limit
+        self._pump(deadline, lambda: len(self.ranks) == self.world_size)
+        if len(self.ranks) < self.world_size or self.problem:
+            return self._result("import", self.started_at, deadline)
+        result = self._exchange("import", [{"do": "import"}] * self.world_size, deadline, self.started_at)
+        return None if result.complete else result
+
+    # -------------------------------------------------------------- tasks
+    def run(self, part: str, inputs: list[Any], *, group: str = "harness", time_limit: float,
+            measure_memory: bool = False) -> TaskResult:
+        """Send each rank its own inputs for rank part `part`; collect every rank's reply (or time out)."""
+        if len(inputs) != self.world_size:
+            raise ValueError(f"{part}: {len(inputs)} inputs for {self.world_size} ranks")
+        messages = [{"do": "task", "part": part, "group": group, "time_limit": time_limit, "inputs": x}
+                    for x in inputs]
+        started = time.monotonic()
+        return self._exchange(part, messages, started + time_limit, started, measure_memory)
+
+    def _exchange(self, part: str, messages: list[dict], deadline: float, started: float,
+                  measure_memory: bool = False) -> TaskResult:
+        for rank, message in sorted(zip(range(self.world_size), messages)):
+            handle = self.ranks.get(rank)
+            if handle is None or handle.closed:
+                continue
+            try:
+                handle.conn.setblocking(True)
+                wire.send(handle.conn, message)
+                handle.conn.setblocking(False)
+            except OSError:
+                handle.closed = True
+        if part != "import":   # a task starts once every rank has its inputs; the import counts from the launch
+            started = time.monotonic()
+        peaks = [0] * self.world_size
+        start_rss = [_rss(self.ranks[r].pid) if r in self.ranks else 0 for r in range(self.world_size)] \
+            if measure_memory else []
+        memory = (lambda: self._poll_memory(peaks)) if measure_memory else None
+        self._pump(deadline, lambda: all(h.inbox or h.closed for h in self.ranks.values()), tick=memory)
+        result = self._result(part, started, deadline, peaks)
+        result.start_rss = start_rss
+        return result
+
+    def _poll_memory(self, peaks: list[int]) -> None:
+        for rank, handle in self.ranks.items():
+            peaks[rank] = max(peaks[rank], _rss(handle.pid))
+
+    def _result(self, part: str, started: float, deadline: float, peaks: list[int] | None = None) -> TaskResult:
+        outcomes: list[RankOutcome | None] = []
+        for rank in range(self.world_size):
+            handle = self.ranks.get(rank)
+            reply = handle.inbox.pop(0) if handle and handle.inbox else None
+            if not isinstance(reply, dict) or "ok" not in reply:
+                outcomes.append(None)
+                continue
+            outcomes.append(RankOutcome(rank=rank, ok=bool(reply["ok"]), result=reply.get("outputs"),
+                                        error=_error(reply.get("error")), phase=str(reply.get("phase", "")),
+                                        calls=reply.get("calls") if isinstance(reply.get("calls"), dict) else {},
+                                        replied=reply.get("_at", 0.0)))
+        waiting = [r for r in range(self.world_size) if outcomes[r] is None]
+        alive = self.proc is not None and self.proc.poll() is None
+        timed_out = bool(waiting) and alive and time.monotonic() >= deadline and not self.problem
+        ends = [o.replied for o in outcomes if o is not None]
+        seconds = (max(ends) if ends and not waiting else time.monotonic()) - started
+        if timed_out:
+            self._dump_stacks(waiting)
+        return TaskResult(part=part, outcomes=outcomes, started=started, seconds=seconds, timed_out=timed_out,
+                          problem=self.problem, peak_rss=peaks or [])
+
+    # -------------------------------------------------------------- the event loop
+    def _pump(self, deadline: float, done: Callable[[], bool], tick: Callable[[], None] | None = None) -> None:
+        while not done() and not self.problem:
+            now = time.monotonic()
+            if now >= deadline:
+                return
+            if self.proc is not None and self.proc.poll() is not None:
+                self._drain()   # replies sent just before the exit are still in the sockets
+                return
+            if tick:
+                tick()
+            wait = min(deadline - now, MEMORY_POLL if tick else 0.1)
+            for key, _ in self.selector.select(timeout=wait):
+                if key.data is None:
+                    self._accept()
+                else:
+                    self._read(key.data)
+
+    def _drain(self) -> None:
+        for key, _ in self.selector.select(timeout=0.05):
+            if key.data is None:
+                self._accept()
+            else:
+                self._read(key.data)
+
+    def _accept(self) -> None:
+        try:
+            conn, _ = self.listener.accept()
+        except BlockingIOError:
+            return
+        pid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[0]
+        conn.settimeout(5.0)
+        try:
+            hello = wire.receive(conn)
+            rank = int(hello["hello"])
+        except Exception:   # noqa: not a rank driver's hello
+            conn.close()
+            return
+        if not 0 <= rank < self.world_size or rank in self.ranks:
+            self.problem = (f"a second process (pid {pid}) connected to the harness as rank {rank}: only the rank "
+                            f"driver may do that, once per rank (tampering)")
+            conn.close()
+            return
+        wire.send(conn, {"distributed": not self.local, "module": self.module, "scratch": str(self.folder.scratch),
+                         "output_limit": OUTPUT_LIMIT,
+                         "memory_limit": int(self.profile.memory_limit_gb * 2**30) if self.profile.memory_limit_gb
+                         else None})
+        conn.setblocking(False)
+        handle = _Rank(conn, pid)
+        self.ranks[rank] = handle
+        self.selector.register(conn, selectors.EVENT_READ, handle)
+
+    def _read(self, handle: _Rank) -> None:
+        try:
+            data = handle.conn.recv(1 << 20)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            handle.closed = True
+            self.selector.unregister(handle.conn)
+            return
+        try:
+            for message in handle.reader.feed(data):
+                if isinstance(message, dict):
+                    message["_at"] = time.monotonic()
+                handle.inbox.append(message)
+        except wire.WireError as exc:
+            handle.closed = True
+            self.selector.unregister(handle.conn)
+            handle.inbox.append({"ok": False, "phase": "run",
+                                 "error": {"type": "WireError", "message": str(exc), "line": f"WireError: {exc}",
+                                           "where": "", "traceback": ""}})
+
+    # -------------------------------------------------------------- the end
+    def _dump_stacks(self, ranks: list[int]) -> None:
+        """Ask the ranks still working for their Python stacks (faulthandler writes stacks/rank<N>.txt)."""
+        asked = []
+        for rank in ranks:
+            handle = self.ranks.get(rank)
+            if handle:
+                try:
+                    os.kill(handle.pid, signal.SIGUSR1)
+                    asked.append(rank)
+                except (ProcessLookupError, PermissionError):
+                    pass
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline and not all(self.folder.size(self.folder.stack(r)) for r in asked):
+            time.sleep(0.05)
+        time.sleep(0.1)   # let faulthandler finish its last lines
+
+    def stacks(self) -> dict[int, str]:
+        return {r: self.folder.tail(self.folder.stack(r), 20000) for r in range(self.world_size)
+                if self.folder.size(self.folder.stack(r))}
+
+    def logs(self) -> dict[int, str]:
+        return {r: self.folder.tail(self.folder.log(r)) for r in range(self.world_size)}
+
+    def flooded(self) -> list[int]:
+        return [r for r in range(self.world_size) if self.folder.size(self.folder.log(r)) >= OUTPUT_LIMIT]
+
+    def agent_log(self) -> str:
+        return self.folder.tail(self.folder.agent_log, 64 * 1024)
+
+    def close(self) -> None:
+        """Stop everything the job started (whatever state it is in) and remove its folder."""
+        for handle in self.ranks.values():
+            try:
+                handle.conn.close()
+            except OSError:
+                pass
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            sandbox.kill_and_remove(self.cgroup)
+            launch.sweep(self.token)
+            self.proc.wait()
+        self.selector.close()
+        self.listener.close()
+        self.folder.remove()
+
+    def __enter__(self) -> "Job":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _error(raw: Any) -> dict | None:
+    """A rank's error description, with every field a bounded string (it came from the learner's process)."""
+    if not isinstance(raw, dict):
+        return None
+    out = {k: str(raw.get(k, ""))[:limit] for k, limit in
+           (("type", 100), ("message", 2000), ("line", 400), ("where", 200), ("traceback", 6000))}
+    out["line"] = out["line"] or out["type"]
+    return out
