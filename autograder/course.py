@@ -9,13 +9,14 @@ def load_course() -> config.Course:
     return config.load()
 
 
-def missing_checks(course: config.Course) -> list[str]:
-    """Exercises of course.yaml without a check module (`course release` refuses such a course)."""
-    return sorted(e.id for e in course.exercises if e.id not in checks.implemented())
+def missing_checks(course: config.Course, assignments: list[str] | None = None) -> list[str]:
+    """Exercises of course.yaml (of these assignments) without a check module (`course release` refuses them)."""
+    chosen = [a for a in course.assignments if assignments is None or a.id in assignments]
+    return sorted(e.id for a in chosen for e in a.exercises if e.id not in checks.implemented())
 
 
-def require_checks(course: config.Course) -> None:
-    missing = missing_checks(course)
+def require_checks(course: config.Course, assignments: list[str] | None = None) -> None:
+    missing = missing_checks(course, assignments)
     if missing:
         raise config.ConfigError(f"{course.path}: exercise {missing[0]!r} has no check in "
                                  f"autograder/checks/{missing[0].replace('.', '/')}.py")

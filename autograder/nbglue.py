@@ -101,7 +101,7 @@ def _selected(course: Course, ids: list[str] | None) -> list[Assignment]:
 def release(assignment_ids: list[str] | None = None, *, dest: Path | None = None) -> list[Path]:
     """Regenerate release/<assignment>/ for the given (default: all) assignments through nbgrader."""
     course = load_course()
-    require_checks(course)
+    require_checks(course, assignment_ids)
     dest = dest or course_root() / "release"
     assignments = _selected(course, assignment_ids)
     for a in assignments:
