@@ -103,15 +103,20 @@ class Measurement:
             return None
         return writefile_cells(json.loads(notebook.read_text()))
 
-    def learner_job(self, world_size: int | None = None) -> Job:
-        return self._job(self.plan.path.parent, world_size, "learner")
+    def learner_job(self, world_size: int | None = None, *, confine=None) -> Job:
+        """The learner's files in a job of their own (`confine`: a sandbox.Sandbox, e.g. a shaped loopback)."""
+        return self._job(self.plan.path.parent, world_size, "learner", confine)
 
-    def reference_job(self, sources: dict[str, str], world_size: int | None = None) -> Job:
-        return self._job(sources, world_size, "reference")
+    def reference_job(self, sources: dict[str, str], world_size: int | None = None, *, module: str | None = None,
+                      confine=None) -> Job:
+        """The reference's files (a dict name -> text) in a job the learner's code is not in."""
+        return self._job(sources, world_size, "reference", confine, module)
 
-    def _job(self, sources: Path | dict, world_size: int | None, role: str) -> Job:
-        job = Job(world_size=world_size or self.world_size, profile=self.plan.profile, module=self.plan.path.name,
-                  sources=sources, label=f"{self.call.exercise.id}-{role}", cpus=self.cpus)
+    def _job(self, sources: Path | dict, world_size: int | None, role: str, confine=None,
+             module: str | None = None) -> Job:
+        job = Job(world_size=world_size or self.world_size, profile=self.plan.profile,
+                  module=module or self.plan.path.name, sources=sources, label=f"{self.call.exercise.id}-{role}",
+                  cpus=self.cpus, confine=confine)
         job.role = role
         self.jobs.append(job)
         job.launch()
