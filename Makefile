@@ -32,6 +32,7 @@ $(VENV)/.setup-stamp: requirements.txt pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements.txt
 	$(BIN)/pip install --quiet --no-deps -e .
+	$(BIN)/python -m autograder.install   # the grader's files as installed: course grade verifies them
 	touch $@
 
 data: setup

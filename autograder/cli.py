@@ -24,6 +24,29 @@ def _check(args) -> int:
     return EXIT_PASS if verdict.passed else EXIT_FAIL
 
 
+def _check_all(args) -> int:
+    """Every exercise whose file exists in its assignment's folder under `folder` (release/ by default)."""
+    from .course import load_course
+    from .harness import VerdictCache, run_check
+
+    root, cache, failed, ran = __import__("pathlib").Path(args.folder), VerdictCache(), 0, 0
+    for a in load_course().assignments:
+        for e in a.exercises:
+            if (root / a.id / e.module).is_file():
+                verdict = run_check(e.id, cwd=root / a.id, cache=cache)
+                print(verdict.headline if verdict.passed else verdict.to_text())
+                ran, failed = ran + 1, failed + (not verdict.passed)
+    print(f"{ran - failed} of {ran} exercise(s) pass" if ran else f"no exercise file found under {root}")
+    return EXIT_FAIL if failed or not ran else EXIT_PASS
+
+
+def _student_pack(args) -> int:
+    from .studentpack import make
+
+    make(args.dest)
+    return EXIT_PASS
+
+
 def _parse_value(text: str):
     import json
 
@@ -43,7 +66,22 @@ def _release(args) -> int:
 def _grade(args) -> int:
     from .grading import grade
 
-    grade(args.submissions, out=args.out, assignments=args.assignment or None, jobs=args.jobs)
+    grade(args.submissions, out=args.out, assignments=args.assignment or None, jobs=args.jobs,
+          unsafe_no_sandbox=args.unsafe_no_sandbox)
+    return EXIT_PASS
+
+
+def _verify_install(args) -> int:
+    from . import install
+
+    if args.record:
+        print(f"recorded the grader's files in {install.record()}")
+        return EXIT_PASS
+    changed = install.changes()
+    if changed:
+        print("changed since installation: " + ", ".join(changed))
+        return EXIT_FAIL
+    print("the grader's files are as installed")
     return EXIT_PASS
 
 
@@ -81,6 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-v", "--verbose", action="store_true", help="show the ranks' output on a pass too")
     c.set_defaults(run=_check)
 
+    a = sub.add_parser("check-all", help="self-check every exercise whose file exists (exit 0 when all pass)")
+    a.add_argument("folder", nargs="?", default="release", help="the folder of the assignment folders (release/)")
+    a.set_defaults(run=_check_all)
+
+    p_ = sub.add_parser("student-pack", help="write the students' copy: no solutions, hidden tests or references")
+    p_.add_argument("dest", help="a new folder")
+    p_.set_defaults(run=_student_pack)
+
     r = sub.add_parser("release", help="regenerate release/ from source/ through nbgrader")
     r.add_argument("assignment", nargs="*", help="assignment ids (default: all in course.yaml)")
     r.set_defaults(run=_release)
@@ -91,7 +137,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--jobs", type=int, default=1, help="grade this many submissions at once, each on its own cores")
     g.add_argument("--out", default="grading", help="output folder (gradebook, feedback, grades.csv)")
     g.add_argument("--assignment", action="append", help="only these assignments")
+    g.add_argument("--unsafe-no-sandbox", action="store_true",
+                   help="grade even where no sandbox can be made (student code then runs with your rights; "
+                        "every row of grades.csv says so)")
     g.set_defaults(run=_grade)
+
+    v = sub.add_parser("verify-install", help="compare the grader's files with the install record (course grade "
+                                              "does this before and during grading)")
+    v.add_argument("--record", action="store_true", help="record the current files as the installed state")
+    v.set_defaults(run=_verify_install)
 
     d = sub.add_parser("data", help="prepare EuroSAT: download, --archive, or the offline synthetic stand-in")
     d.add_argument("--source", choices=["auto", "synthetic"], default="auto",
@@ -119,11 +173,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except ConfigError as exc:
-        print(f"course: configuration error: {exc}", file=sys.stderr)
+        print(f"course: {exc}" if type(exc).__name__ == "GradingRefused" else f"course: configuration error: {exc}",
+              file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("course: interrupted; every rank was stopped.", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as exc:   # the student copy has no instructor tools
+        if exc.name and exc.name.startswith("autograder."):
+            print(f"course {args.verb}: not part of this copy of the course (the instructor's repository has it)",
+                  file=sys.stderr)
+            return EXIT_USAGE
+        raise
 
 
 if __name__ == "__main__":

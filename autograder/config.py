@@ -22,9 +22,9 @@ SHORTCUTS_ENV = "COURSE_GRADING_SHORTCUTS"
 def grading_shortcuts() -> bool:
     """Whether grading takes its shortcuts (default: yes; $COURSE_GRADING_SHORTCUTS=off turns them off).
 
-    The shortcuts: exercises written in one module share one launch, the kernel reuses the
-    verdicts re-verification established, and torchrun demo lines are not run. Without them
-    every check call launches on its own: the baseline `course bench grading` compares with.
+    The shortcuts: exercises written in one module share one launch during re-verification,
+    and the notebook's torchrun demo lines are not run. Without them every check call
+    launches on its own and every demo runs: the baseline `course bench grading` compares with.
     """
     return os.environ.get(SHORTCUTS_ENV, "on").lower() not in ("off", "0", "no", "false")
 
@@ -216,7 +216,8 @@ def parse(raw: Any, path: Path, root: Path) -> Course:
     for i, a in enumerate(raw["assignments"]):
         a = r.mapping(a, f"assignments[{i}]", _ASSIGNMENT_KEYS, {"id", "notebook"})
         aid = str(a["id"])
-        notebook = root / "source" / aid / str(a["notebook"])
+        # The instructor's copy has source/; a student's copy (and the grading sandbox) only release/.
+        notebook = root / ("source" if (root / "source").is_dir() else "release") / aid / str(a["notebook"])
         if not notebook.is_file():
             raise r.error(f"assignments.{aid}.notebook", f"notebook not found: {notebook}")
         exercises = tuple(

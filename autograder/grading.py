@@ -1,20 +1,22 @@
 """`course grade`: collect submissions (folder or LMS zip), grade each in its own job, write feedback and grades.csv.
 
-Each (student, assignment) is graded by a separate `python -m autograder.grading one`
-process in a scratch nbgrader course root of its own (its own gradebook), pinned to its
-own cores (and GPUs). Its result is one JSON record written atomically under
-OUT/records/, so an interrupted run loses nothing recorded and a re-run skips what is
-graded. A submission that breaks the grader becomes a "needs manual grading" record.
+Each (student, assignment) is graded by a `python -m autograder.gradejob` process (trusted:
+it runs no student code itself) pinned to its own cores (and GPUs); student code runs only in
+sandboxes it starts. The job sends its result (record and feedback page) back on its output;
+this process, the only writer, validates it and writes OUT/records/<student>/<assignment>.json,
+OUT/feedback/<student>/<assignment>/ and OUT/grades.csv. An interrupted run loses nothing
+recorded, a re-run skips what is graded, and a submission that breaks the grader becomes a
+"needs manual grading" row.
+
+Before starting and before each record, the grader's own files are compared with the
+install record (install.py); without a sandbox, grading refuses to start unless
+--unsafe-no-sandbox is given, and then says so in every row.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
-import csv
-import hashlib
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -22,111 +24,26 @@ import sys
 import threading
 import time
 import uuid
-import zipfile
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import machine, nbglue
-from .config import Assignment, ConfigError, Course, course_root
+from . import install, machine, nbglue, sandbox
+from .config import Assignment, ConfigError, course_root
 from .course import load_course
+from .gradejob import RESULT_MARK
 from .launch import sweep
+from .records import MANUAL, Record, record_path, write_csv
+from .submissions import Submission, collect
 
 GRADING_TOKEN = "COURSE_GRADING_TOKEN"
-SUBMISSION_TIME_LIMIT = 40 * 60   # a whole notebook's autograde + re-verification, seconds
-MANUAL = "needs manual grading"
+SUBMISSION_TIME_LIMIT = 40 * 60   # a whole submission: re-verification and the notebook, seconds
+RESULT_BYTES = 16 * 2**20         # a job's output read back (its last line is the result)
 
 
-@dataclass(frozen=True)
-class Submission:
-    student: str
-    assignment: str
-    notebook: Path
-
-    @property
-    def sha256(self) -> str:
-        return hashlib.sha256(self.notebook.read_bytes()).hexdigest()
+class GradingRefused(ConfigError):
+    """Grading cannot start safely here; the message says why and what to do."""
 
 
-@dataclass
-class Record:
-    student: str
-    assignment: str
-    sha256: str
-    status: str                                            # "graded" or MANUAL
-    points: dict[str, float] = field(default_factory=dict)  # grade_id -> final (the lower of cell and re-check)
-    cell_points: dict[str, float] = field(default_factory=dict)
-    verified_points: dict[str, float] = field(default_factory=dict)
-    flags: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-
-    @classmethod
-    def load(cls, path: Path) -> "Record | None":
-        try:
-            return cls(**json.loads(path.read_text()))
-        except (OSError, ValueError, TypeError):
-            return None
-
-    def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=1))
-        tmp.replace(path)  # atomic: a record is there whole or not at all
-
-
-# ------------------------------------------------------------------ collecting
-
-_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-def _student_id(text: str) -> str:
-    return _SAFE.sub("-", text).strip("-.") or "unknown"
-
-
-def _match_notebook(name: str, assignments: list[Assignment]) -> Assignment | None:
-    """Which assignment a file belongs to: its name ends with the notebook's (LMS may add '-1' copies)."""
-    for a in assignments:
-        stem = Path(a.notebook).stem
-        if re.search(rf"{re.escape(stem)}(-\d+)?\.ipynb$", name):
-            return a
-    return None
-
-
-def collect(submissions: Path, assignments: list[Assignment], into: Path) -> list[Submission]:
-    """Find submissions in a folder (STUDENT/ASSIGNMENT/NOTEBOOK) or an LMS zip (nested or flat STUDENT_..._NOTEBOOK)."""
-    if submissions.is_file() and zipfile.is_zipfile(submissions):
-        target = into / "unzipped"
-        shutil.rmtree(target, ignore_errors=True)
-        with zipfile.ZipFile(submissions) as z:
-            for member in z.namelist():
-                if member.endswith(".ipynb") and "__MACOSX" not in member and not Path(member).is_absolute() \
-                        and ".." not in Path(member).parts:
-                    z.extract(member, target)
-        submissions = target
-    if not submissions.is_dir():
-        raise ConfigError(f"{submissions}: not a folder or zip of submissions")
-    found: dict[tuple[str, str], Submission] = {}
-    for path in sorted(submissions.rglob("*.ipynb")):
-        if ".ipynb_checkpoints" in path.parts:
-            continue
-        a = _match_notebook(path.name, assignments)
-        if a is None:
-            continue
-        parts = path.relative_to(submissions).parts
-        if len(parts) >= 3 and parts[-2] == a.id:       # STUDENT/ASSIGNMENT/NOTEBOOK
-            student = parts[-3]
-        elif len(parts) >= 2:                           # STUDENT_.../NOTEBOOK (e.g. Moodle folders)
-            student = parts[-2].split("_")[0]
-        else:                                           # STUDENT_..._NOTEBOOK (e.g. Canvas)
-            student = path.name.split("_")[0]
-        key = (_student_id(student), a.id)
-        found[key] = Submission(key[0], a.id, path)     # a later copy ("-1") wins
-    if not found:
-        raise ConfigError(f"{submissions}: no submissions found; expected STUDENT/ASSIGNMENT/NOTEBOOK.ipynb "
-                          f"or an LMS zip with files named STUDENT_..._NOTEBOOK.ipynb")
-    return list(found.values())
-
-
-# ------------------------------------------------------------------ one submission (child process)
+# ------------------------------------------------------------------ one job per submission
 
 def _template(out: Path, assignment: Assignment) -> Path:
     """A scratch nbgrader root with this assignment generated once; each submission copies it."""
@@ -142,144 +59,14 @@ def _template(out: Path, assignment: Assignment) -> Path:
     return root
 
 
-def _feedback_note(record: Record, failures: dict[str, list[str]]) -> str:
-    import html
-
-    lines = [f"<li>{html.escape(flag)}</li>" for flag in record.flags]
-    for grade_id, texts in failures.items():
-        for text in texts:
-            lines.append(f"<li><b>{html.escape(grade_id)}</b>: <pre>{html.escape(text[:3000])}</pre></li>")
-    return ("<div style='border:2px solid #b42318;padding:8px;margin:8px'><h3>Re-verification outside the "
-            "notebook</h3><ul>" + "".join(lines) + "</ul></div>") if lines else ""
-
-
-def _reason(output: str) -> str:
-    """The line of nbgrader's output that says what went wrong (its last exception line)."""
-    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
-    errors = [ln for ln in lines if re.match(r"^[\w.]*(Error|Exception)\b", ln)]
-    return (errors or lines or ["no output"])[-1][:300]
-
-
-def grade_one(out: Path, student: str, assignment_id: str, notebook: Path) -> Record:
-    """Grade one submission: re-verify out of the kernel, autograde with nbgrader, compare, record."""
-    from nbgrader.api import Gradebook
-
-    from .reverify import reverify
-    from .trusted import TRUSTED_ENV
-
-    course = load_course()
-    a = course.assignment(assignment_id)
-    start = time.monotonic()
-    record = Record(student, a.id, hashlib.sha256(notebook.read_bytes()).hexdigest(), "graded")
-    try:
-        submitted = json.loads(notebook.read_text())
-        if not isinstance(submitted, dict) or not isinstance(submitted.get("cells"), list):
-            raise ValueError("not a notebook (no cell list)")
-    except (OSError, ValueError) as exc:
-        record.status, record.flags = MANUAL, [f"{MANUAL}: the submitted file is not a readable notebook ({exc})"]
-        return record
-    template = _template(out, a)  # the parent's snapshot of the source notebook, hidden tests included
-    source = json.loads((template / "source" / a.id / a.notebook).read_text())
-    checked = reverify(submitted, source, a)
-
-    work = out / "work" / f"{student}--{a.id}"
-    shutil.rmtree(work, ignore_errors=True)
-    shutil.copytree(template, work)
-    target = work / "submitted" / student / a.id
-    target.mkdir(parents=True)
-    shutil.copy(notebook, target / a.notebook)
-    trusted = work / "trusted-verdicts.json"
-    checked.write(trusted)
-    env = {TRUSTED_ENV: str(trusted)}
-    try:
-        nbglue.run_nbgrader(work, "autograde", a.id, "--create", "--force", f"--student={student}", env=env)
-        nbglue.run_nbgrader(work, "generate_feedback", a.id, "--force", f"--student={student}")
-        with Gradebook(f"sqlite:///{work / 'gradebook.db'}") as gb:
-            stem = Path(a.notebook).stem
-            cells = {e.grade_id: float(gb.find_grade(e.grade_id, stem, a.id, student).score or 0)
-                     for e in a.exercises}
-    except Exception as exc:  # nbgrader could not grade it: a person must look
-        record.status = MANUAL
-        record.flags.append(f"{MANUAL}: nbgrader failed: {_reason(str(exc))}")
-        cells = {}
-    record.verified_points = {g: r.points for g, r in checked.exercises.items()}
-    record.cell_points = cells
-    if record.status == "graded":
-        for e in a.exercises:
-            cell, verified = cells[e.grade_id], record.verified_points[e.grade_id]
-            record.points[e.grade_id] = min(cell, verified)
-            if cell != verified:
-                record.flags.append(f"{e.id}: the notebook cell gave {cell:g} but re-verification outside the "
-                                    f"kernel gave {verified:g}; the lower score stands")
-    failures = {g: r.failures for g, r in checked.exercises.items() if r.failures}
-    feedback = work / "feedback" / student / a.id / a.notebook.replace(".ipynb", ".html")
-    dest = out / "feedback" / student / a.id
-    dest.mkdir(parents=True, exist_ok=True)
-    page = feedback.read_text() if feedback.exists() else "<html><body><h2>No notebook feedback</h2></body></html>"
-    page = re.sub(r"(<body[^>]*>)", lambda m: m[1] + _feedback_note(record, failures), page, count=1)
-    (dest / feedback.name if feedback.exists() else dest / "feedback.html").write_text(page)
-    shutil.rmtree(work, ignore_errors=True)
-    record.seconds = round(time.monotonic() - start, 1)
-    return record
-
-
-# ------------------------------------------------------------------ many submissions (parent)
-
-class _Guard:
-    """Files no submission may change: source notebooks, the nbgrader templates, other students' records.
-
-    Student code runs as the grader's user, so it can write anywhere the grader can; the
-    parent keeps a copy, puts back whatever changed when a job ends, and flags the
-    submissions that were running then. (Preventing the write needs an OS sandbox.)
-    """
-
-    def __init__(self, roots: list[Path]):
-        self.roots = roots
-        self.saved: dict[Path, bytes] = {}
-        for path in self._files():
-            self.accept(path)
-
-    def _files(self) -> list[Path]:
-        return [p for root in self.roots for p in ([root] if root.is_file() else root.rglob("*")) if p.is_file()]
-
-    def accept(self, path: Path) -> None:
-        self.saved[path] = path.read_bytes()
-
-    def restore_changes(self, ignore: set[Path]) -> list[str]:
-        """Put back every changed file except `ignore` (the records of the jobs still writing them)."""
-        changed = []
-        for path in set(self._files()) | set(self.saved):
-            if path in ignore:
-                continue
-            old = self.saved.get(path)
-            try:
-                new = path.read_bytes()
-            except OSError:
-                new = None
-            if new == old:
-                continue
-            changed.append(path.name)
-            if old is None:
-                path.unlink()
-            else:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(old)
-        return sorted(changed)
-
-
-def _record_path(out: Path, sub: Submission) -> Path:
-    return out / "records" / sub.student / f"{sub.assignment}.json"
-
-
-def _start(sub: Submission, out: Path, cpus: set[int], gpus: str | None, lock: Path) -> tuple:
+def _start(sub: Submission, out: Path, cpus: set[int], gpus: str | None, lock: Path, hide: str, safe: bool) -> tuple:
     token = uuid.uuid4().hex
     log = open(out / "logs" / f"{sub.student}--{sub.assignment}.log", "wb")
-    env = {**os.environ, GRADING_TOKEN: token, machine.LOCK_ENV: str(lock),
-           "OMP_NUM_THREADS": str(max(1, len(cpus) // 2))}
+    env = {**os.environ, GRADING_TOKEN: token, machine.LOCK_ENV: str(lock), sandbox.HIDE_ENV: hide,
+           sandbox.MODE_ENV: "on" if safe else "off", "OMP_NUM_THREADS": str(max(1, len(cpus) // 2))}
     if gpus is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpus
-    cmd = [sys.executable, "-m", "autograder.grading", "one", str(out), sub.student, sub.assignment,
-           str(sub.notebook)]
+    cmd = [sys.executable, "-m", "autograder.gradejob", str(out), sub.student, sub.assignment, str(sub.notebook)]
     proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True, preexec_fn=lambda: os.sched_setaffinity(0, cpus))
     return proc, token, log, time.monotonic()
@@ -294,14 +81,24 @@ def _stop(proc, token: str) -> None:
     proc.wait()
 
 
-def _job_record(out: Path, sub: Submission, late: bool) -> Record:
-    """The record a finished job wrote, or a "needs manual grading" one that says why there is none."""
-    record = None if late else Record.load(_record_path(out, sub))
-    if record is None:
-        reason = (f"grading took longer than {SUBMISSION_TIME_LIMIT // 60} min" if late
-                  else f"the grader crashed: {_tail(out / 'logs' / f'{sub.student}--{sub.assignment}.log')}")
-        record = Record(sub.student, sub.assignment, sub.sha256, MANUAL, flags=[f"{MANUAL}: {reason}"])
-    return record
+def _result(out: Path, sub: Submission, late: bool, assignment: Assignment) -> tuple[Record, str | None]:
+    """The record and feedback page the job sent, validated; or a "needs manual grading" record saying why not."""
+    log = out / "logs" / f"{sub.student}--{sub.assignment}.log"
+    reason = f"grading took longer than {SUBMISSION_TIME_LIMIT // 60} min" if late else ""
+    if not late:
+        try:
+            with open(log, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - RESULT_BYTES))
+                lines = [ln for ln in f.read().decode(errors="replace").splitlines() if ln.startswith(RESULT_MARK)]
+            raw = json.loads(lines[-1][len(RESULT_MARK):])
+            record = Record.from_dict(raw["record"], max_points={e.grade_id: e.points for e in assignment.exercises})
+            if (record.student, record.assignment, record.sha256) != (sub.student, sub.assignment, sub.sha256):
+                raise ValueError("the result is for another submission")
+            return record, str(raw["feedback"])
+        except (OSError, IndexError, KeyError, TypeError, ValueError) as exc:
+            reason = f"the grader crashed ({type(exc).__name__}): {_tail(log)}"
+    return Record(sub.student, sub.assignment, sub.sha256, MANUAL, flags=[f"{MANUAL}: {reason}"]), None
 
 
 def _tail(path: Path, n: int = 400) -> str:
@@ -309,6 +106,65 @@ def _tail(path: Path, n: int = 400) -> str:
         return path.read_text(errors="replace")[-n:].strip().replace("\n", " | ")
     except OSError:
         return ""
+
+
+def _write_feedback(out: Path, sub: Submission, page: str | None) -> None:
+    from .feedback import PAGE_BYTES, render, summary
+
+    dest = out / "feedback" / sub.student / sub.assignment
+    dest.mkdir(parents=True, exist_ok=True)
+    if page is None or len(page.encode()) > PAGE_BYTES + 65536:
+        page = render(f"{sub.student}: {sub.assignment}", "<p>No feedback page could be made.</p>", None)
+    tmp = dest / ".feedback.tmp"
+    tmp.write_text(page)
+    tmp.replace(dest / f"{sub.assignment}.html")
+
+
+# ------------------------------------------------------------------ many submissions
+
+class _Guard:
+    """Without a sandbox (--unsafe-no-sandbox): files no submission may change, put back when one did.
+
+    Source notebooks, the nbgrader templates and the records: student code runs as the
+    grader's user then, so it can write anywhere the grader can. The parent keeps a copy and,
+    after each submission (one at a time without a sandbox, so the culprit is known), puts
+    back what changed and flags that submission, naming the files.
+    """
+
+    def __init__(self, roots: list[Path]):
+        self.roots = roots
+        self.saved: dict[Path, bytes] = {}
+        for path in self._files():
+            self.accept(path)
+
+    def _files(self) -> list[Path]:
+        return [p for root in self.roots for p in ([root] if root.is_file() else root.rglob("*")) if p.is_file()]
+
+    def accept(self, path: Path) -> None:
+        self.saved[path] = path.read_bytes()
+
+    def accept_all(self) -> None:
+        """After the parent wrote a record and a feedback page: they are the new state to keep."""
+        self.saved = {path: path.read_bytes() for path in self._files()}
+
+    def restore_changes(self) -> list[str]:
+        """Put back every changed file; the names of those that changed."""
+        changed = []
+        for path in set(self._files()) | set(self.saved):
+            old = self.saved.get(path)
+            try:
+                new = path.read_bytes()
+            except OSError:
+                new = None
+            if new == old:
+                continue
+            changed.append(str(path))
+            if old is None:
+                path.unlink()
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(old)
+        return sorted(changed)
 
 
 @contextlib.contextmanager
@@ -329,26 +185,52 @@ def _stopping_signals_interrupt():
             signal.signal(s, handler)
 
 
+def _sandbox_problem() -> str | None:
+    if sandbox.mode() == "off":
+        return f"{sandbox.MODE_ENV}=off is set"
+    return sandbox.problem()
+
+
+def _check_can_grade(unsafe: bool) -> None:
+    why = _sandbox_problem()
+    if why and not unsafe:
+        raise GradingRefused(f"no sandbox can be made on this machine: {why}. Grading would run student code with "
+                             f"your rights (it could read every submission and change the grader). Fix that, or "
+                             f"pass --unsafe-no-sandbox to grade anyway (every row will say so).")
+    try:
+        install.verify()
+    except install.InstallChanged as exc:
+        raise GradingRefused(f"refusing to grade: {exc}") from None
+
+
 def grade(submissions: str | Path, *, out: str | Path = "grading", assignments: list[str] | None = None,
-          jobs: int = 1, progress: bool = True) -> Path:
-    """Grade every submission (skipping those already recorded); returns the path of grades.csv."""
+          jobs: int = 1, progress: bool = True, unsafe_no_sandbox: bool = False) -> Path:
+    """Grade every submission (skipping those already graded); returns the path of grades.csv."""
     from tqdm.auto import tqdm
 
+    _check_can_grade(unsafe_no_sandbox)
     course = load_course()
     chosen = [course.assignment(i) for i in assignments] if assignments else [a for a in course.assignments if a.graded]
     out = Path(out).resolve()
     for sub in ("records", "logs", "feedback"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     subs = collect(Path(submissions), chosen, out)
-    todo = [s for s in subs if (r := Record.load(_record_path(out, s))) is None or r.sha256 != s.sha256]
+    todo = [s for s in subs if (r := Record.load(record_path(out, s.student, s.assignment))) is None
+            or r.sha256 != s.sha256 or r.status != "graded"]
     for a in {s.assignment for s in todo}:
         _template(out, course.assignment(a))  # generated once, before jobs start copying it
+    safe = _sandbox_problem() is None and not unsafe_no_sandbox
+    if not safe and jobs > 1:
+        print("without a sandbox submissions are graded one at a time (so a changed file names its student)",
+              file=sys.stderr)
+        jobs = 1
     slots = machine.split_cpus(jobs)
     gpu_slots = machine.split_gpus(len(slots), _gpu_count()) if _gpu_count() else [None] * len(slots)
     lock = out / ".machine.lock"
-    guard = _Guard([course_root() / "source" / a.id / a.notebook for a in chosen]
-                   + [out / ".template", out / "records"])
-    suspects: dict[tuple[str, str], set[str]] = {}
+    hide = os.pathsep.join(str(p) for p in (out, Path(submissions).resolve(), course_root()))
+    guard = None if safe else _Guard([course_root() / "source" / a.id / a.notebook for a in chosen]
+                                     + [out / ".template", out / "records", out / "feedback"])
+    assignments_by_id = {a.id: a for a in chosen}
     running: dict[int, tuple] = {}
     bar = tqdm(total=len(subs), initial=len(subs) - len(todo), desc="grading", unit="submission",
                disable=not progress)
@@ -358,7 +240,7 @@ def grade(submissions: str | Path, *, out: str | Path = "grading", assignments: 
                 for slot in range(len(slots)):
                     if slot not in running and todo:
                         sub = todo.pop(0)
-                        running[slot] = (sub, *_start(sub, out, slots[slot], gpu_slots[slot], lock))
+                        running[slot] = (sub, *_start(sub, out, slots[slot], gpu_slots[slot], lock, hide, safe))
                 time.sleep(0.2)
                 for slot, (sub, proc, token, log, started) in list(running.items()):
                     late = time.monotonic() - started > SUBMISSION_TIME_LIMIT
@@ -366,23 +248,28 @@ def grade(submissions: str | Path, *, out: str | Path = "grading", assignments: 
                         continue
                     _stop(proc, token)
                     log.close()
-                    own = _record_path(out, sub)
-                    tampered = guard.restore_changes(ignore={_record_path(out, r[0]) for r in running.values()})
                     del running[slot]
-                    for s in [sub] + [r[0] for r in running.values()]:
-                        suspects.setdefault((s.student, s.assignment), set()).update(tampered)
-                    record = _job_record(out, sub, late)
-                    if suspects.get((sub.student, sub.assignment)):
-                        record.flags.append("files outside the submission were changed while it was graded "
-                                            "(put back): " + ", ".join(sorted(suspects[(sub.student, sub.assignment)])))
+                    record, page = _result(out, sub, late, assignments_by_id[sub.assignment])
+                    if guard is not None:
+                        changed = guard.restore_changes()
+                        if changed:
+                            record.flags.append(f"while {sub.student}'s {sub.assignment} was graded (no sandbox), "
+                                                f"these files outside the submission changed and were put back: "
+                                                + ", ".join(changed))
+                    install.verify()   # a submission must not have changed the grader (InstallChanged stops here)
+                    own = record_path(out, sub.student, sub.assignment)
                     record.save(own)
-                    guard.accept(own)
+                    _write_feedback(out, sub, page)
+                    if guard is not None:
+                        guard.accept_all()
                     bar.update(1)
                     write_csv(out, course)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, install.InstallChanged) as exc:
             for sub, proc, token, log, _ in running.values():
                 _stop(proc, token)
             write_csv(out, course)
+            if isinstance(exc, install.InstallChanged):
+                raise GradingRefused(f"stopped grading: {exc}") from None
             print(f"\ninterrupted: every recorded grade is kept in {out / 'records'}; "
                   "run the same command to go on.", file=sys.stderr)
             raise
@@ -402,44 +289,3 @@ def _gpu_count() -> int:
         return 0
 
 
-def write_csv(out: Path, course: Course) -> Path:
-    """grades.csv from the records: one row per student, per-exercise points, total, max, flags."""
-    records = [r for p in sorted((out / "records").glob("*/*.json")) if (r := Record.load(p))]
-    graded = [a for a in course.assignments if a.graded]
-    columns = [e.grade_id for a in graded for e in a.exercises]
-    by_student: dict[str, list[Record]] = {}
-    for r in records:
-        by_student.setdefault(r.student, []).append(r)
-    path = out / "grades.csv"
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["student", *columns, "total", "max", "flags"])
-        for student, rs in sorted(by_student.items()):
-            points = {g: p for r in rs for g, p in r.points.items()}
-            done = {r.assignment for r in rs}
-            maximum = sum(a.points for a in graded if a.id in done)
-            flags = [f"{r.assignment}: {flag}" for r in rs for flag in r.flags]
-            w.writerow([student, *(points.get(c, "") for c in columns), sum(points.values()), maximum,
-                        " | ".join(flags)])
-    tmp.replace(path)
-    return path
-
-
-def _one(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m autograder.grading one")
-    p.add_argument("out")
-    p.add_argument("student")
-    p.add_argument("assignment")
-    p.add_argument("notebook")
-    args = p.parse_args(argv)
-    out = Path(args.out)
-    record = grade_one(out, args.student, args.assignment, Path(args.notebook))
-    record.save(out / "records" / args.student / f"{args.assignment}.json")
-    return 0
-
-
-if __name__ == "__main__":
-    if sys.argv[1:2] == ["one"]:
-        sys.exit(_one(sys.argv[2:]))
-    sys.exit("usage: python -m autograder.grading one OUT STUDENT ASSIGNMENT NOTEBOOK")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import checks, config, machine, policy
+from . import checks, config, machine, policy, public
 from .checks import Check, Run, Trial
 from .course import load_course
 from .session import Job, TaskResult
@@ -162,7 +162,7 @@ def failure_verdict(job: Job, result: TaskResult, check: Check, limit: float, ba
 def judge_verdict(check: Check, trial: Trial, inputs: list, expected: Any, result: TaskResult, base: dict) -> Verdict:
     run = Run(exercise=trial.exercise, world_size=trial.world_size, params=trial.params,
               ranks=tuple(result.outcomes), thresholds=trial.thresholds, profile=trial.profile,
-              inputs=inputs, expected=expected)
+              inputs=inputs, expected=expected, seconds=result.seconds)
     try:
         summary = check.judge(run)
     except CheckFailed as failure:
@@ -306,6 +306,28 @@ def _companions(course, exercise, check: Check, path: Path, settings: tuple, cac
     return found
 
 
+class NoExpectedValues(Exception):
+    """The student pack has no expected values for this call (only for the public variants)."""
+
+
+def prepare(plan: Plan, call: Call) -> tuple[Trial, list, Any]:
+    """(trial, every rank's inputs, the expected value): computed here, or in the student pack read from its data."""
+    if public.student_copy():
+        entry = public.lookup(call.exercise.id, plan.world_size, call.params, plan.nnodes)
+        if entry is None:
+            shipped = public.available(call.exercise.id)
+            raise NoExpectedValues(f"this copy of the course has expected values for {call.exercise.id} only with "
+                                   f"{'; '.join(shipped) or 'no variant'} (other variants are checked when your "
+                                   f"notebook is graded)")
+        trial = Trial(exercise=call.exercise.id, params=call.params, world_size=plan.world_size,
+                      profile=plan.profile.name, thresholds=dict(call.exercise.thresholds.get(plan.profile.name, {})),
+                      secret=entry["secret"], nnodes=plan.nnodes)
+        return trial, entry["inputs"], entry["expected"]
+    trial = trial_for(plan, call)
+    inputs = call.check.inputs(trial)
+    return trial, inputs, call.check.expected(trial, inputs) if call.check.expected else None
+
+
 def trial_for(plan: Plan, call: Call) -> Trial:
     return Trial.fresh(exercise=call.exercise.id, params=call.params, world_size=plan.world_size,
                        profile=plan.profile.name, thresholds=dict(call.exercise.thresholds.get(plan.profile.name, {})),
@@ -320,14 +342,20 @@ def _run(plan: Plan) -> list[Verdict | None]:
                 label=plan.calls[0].exercise.id, local=plan.local, nnodes=plan.nnodes, cpus=cpus) as job:
         job.launch()
         # The ranks start (torch's import takes seconds); meanwhile the inputs and expected values are made here.
-        prepared = []
-        for call in plan.calls:
-            trial = trial_for(plan, call)
-            inputs = call.check.inputs(trial)
-            prepared.append((trial, inputs, call.check.expected(trial, inputs) if call.check.expected else None))
         first = plan.calls[0]
         base = dict(exercise=first.exercise.id, profile=plan.profile.name, world_size=0 if plan.local else plan.world_size,
                     max_points=first.exercise.points)
+        prepared = []
+        for call in plan.calls:
+            try:
+                prepared.append(prepare(plan, call))
+            except NoExpectedValues as exc:
+                if call is first:
+                    verdicts[0] = Verdict(passed=False, status="error", message=str(exc),
+                                          hint="Run the self-check with its default parameters.", **base)
+                    return verdicts
+                break   # a companion without data: checked when it is asked for
+        plan = Plan(plan.path, plan.profile, plan.world_size, plan.nnodes, plan.calls[:len(prepared)], plan.time_limit)
         failed = job.ready(plan.limit(first))
         if failed is not None:
             verdicts[0] = failure_verdict(job, failed, first.check, plan.limit(first), {**base, "seconds": round(failed.seconds, 2)})
@@ -348,18 +376,23 @@ def _run(plan: Plan) -> list[Verdict | None]:
 def check(exercise_id: str, **overrides: Any) -> None:
     """Notebook/test entry: print one success line, or raise AssertionError with the message and hint.
 
-    While grading, a verdict the grader already established out of the kernel for exactly
-    these files is reused (see trusted.py); anything else is checked here and now. Both
-    this reuse and the shared launches stop when config.grading_shortcuts() is off.
+    While `course grade` runs the notebook, the cell shows the verdict the trusted
+    re-verification established for this call (trusted.py); the kernel checks nothing itself.
     """
-    from .trusted import trusted_verdict
+    from . import trusted
 
-    cache = NOTEBOOK_CACHE if config.grading_shortcuts() else None
-    try:
-        verdict = (trusted_verdict(exercise_id, overrides, Path(overrides.get("cwd") or Path.cwd()))
-                   or run_check(exercise_id, cache=cache, **overrides))
-    except config.ConfigError as exc:
-        raise AssertionError(f"course configuration problem: {exc}") from None
+    if trusted.grading():
+        verdict, note = trusted.trusted_verdict(exercise_id, overrides, Path(overrides.get("cwd") or Path.cwd()))
+        if verdict is None:
+            raise AssertionError(note)
+        if note:
+            print(note)
+    else:
+        cache = NOTEBOOK_CACHE if config.grading_shortcuts() else None
+        try:
+            verdict = run_check(exercise_id, cache=cache, **overrides)
+        except config.ConfigError as exc:
+            raise AssertionError(f"course configuration problem: {exc}") from None
     if not verdict.passed:
         raise AssertionError("\n" + verdict.to_text())
     print(verdict.headline)

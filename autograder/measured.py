@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,7 +93,7 @@ class Measurement:
     def reference_sources(self) -> dict[str, str] | None:
         """The source notebook's %%writefile files for this exercise's assignment (None in the student pack)."""
         from .config import course_root
-        from .reverify import writefile_cells
+        from .cells import writefile_cells
 
         from .course import load_course
 
@@ -103,24 +104,31 @@ class Measurement:
             return None
         return writefile_cells(json.loads(notebook.read_text()))
 
-    def learner_job(self, world_size: int | None = None, *, confine=None) -> Job:
-        """The learner's files in a job of their own (`confine`: a sandbox.Sandbox, e.g. a shaped loopback)."""
-        return self._job(self.plan.path.parent, world_size, "learner", confine)
+    def learner_job(self, world_size: int | None = None, *, confine=None, env: dict[str, str] | None = None) -> Job:
+        """The learner's files in a job of their own (`confine`: a sandbox.Sandbox, e.g. a shaped loopback;
+        `env`: more environment variables for its processes, e.g. allocator settings)."""
+        return self._job(self.plan.path.parent, world_size, "learner", confine, env=env)
 
     def reference_job(self, sources: dict[str, str], world_size: int | None = None, *, module: str | None = None,
-                      confine=None) -> Job:
+                      confine=None, env: dict[str, str] | None = None) -> Job:
         """The reference's files (a dict name -> text) in a job the learner's code is not in."""
-        return self._job(sources, world_size, "reference", confine, module)
+        return self._job(sources, world_size, "reference", confine, module, env)
 
     def _job(self, sources: Path | dict, world_size: int | None, role: str, confine=None,
-             module: str | None = None) -> Job:
+             module: str | None = None, env: dict[str, str] | None = None) -> Job:
         job = Job(world_size=world_size or self.world_size, profile=self.plan.profile,
                   module=module or self.plan.path.name, sources=sources, label=f"{self.call.exercise.id}-{role}",
-                  cpus=self.cpus, confine=confine)
+                  cpus=self.cpus, confine=confine, env=env)
         job.role = role
         self.jobs.append(job)
         job.launch()
         return job
+
+    def close(self, job: Job) -> None:
+        """Stop a job before the measurement ends (its processes and their memory go now)."""
+        if job in self.jobs:
+            self.jobs.remove(job)
+        job.close()
 
     def ready(self, job: Job) -> None:
         failed = job.ready(self.time_limit)
@@ -148,10 +156,12 @@ def run_measured(plan, call, base: dict) -> Verdict:
     from .harness import failure_verdict, trial_for
 
     trial = trial_for(plan, call)
+    started = time.monotonic()
     with machine.share(exclusive=call.check.measures_speed) as cpus:
         m = Measurement(plan, call, trial, cpus)
         try:
             summary = call.check.measure(m)
+            base = {**base, "seconds": round(time.monotonic() - started, 2)}   # the whole measurement
         except JobFailed as failed:
             try:
                 return failure_verdict(failed.job, failed.result, call.check, failed.limit,
@@ -166,7 +176,7 @@ def run_measured(plan, call, base: dict) -> Verdict:
         except CheckFailed as failure:
             _close_jobs(m)
             return Verdict(passed=False, status=failure.status, message=failure.message, hint=failure.hint,
-                           details=failure.details, **base)
+                           details=failure.details, **{**base, "seconds": round(time.monotonic() - started, 2)})
         _close_jobs(m)
     details = {}
     if isinstance(summary, tuple):

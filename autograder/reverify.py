@@ -10,7 +10,6 @@ the grade is the lower of the cell's score and the trusted one.
 from __future__ import annotations
 
 import ast
-import itertools
 import json
 import re
 import tempfile
@@ -18,36 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .cells import cell_source, writefile_cells  # noqa: F401  (writefile_cells: re-exported)
 from .config import Assignment, grading_shortcuts
 from .harness import VerdictCache, run_check
 from .trusted import call_key, digest
-WRITEFILE = re.compile(r"^%%writefile(?P<append>\s+(-a|--append))?\s+(?P<name>\S+)\s*$")
-
-
-def _source(cell: dict) -> str:
-    src = cell.get("source", "")
-    return "".join(src) if isinstance(src, list) else src
-
-
-def writefile_cells(notebook: dict) -> dict[str, str]:
-    """{file name: content} as the notebook's %%writefile code cells would leave them (in order).
-
-    Byte for byte what IPython writes: it drops a cell's leading blank lines and ends
-    every cell with a newline before the magic sees the body.
-    """
-    files: dict[str, str] = {}
-    for cell in notebook.get("cells", []):
-        if cell.get("cell_type") != "code":
-            continue
-        text = _source(cell)
-        text = "".join(itertools.dropwhile(str.isspace, text.splitlines(keepends=True)))
-        first, _, body = (text if text.endswith("\n") else text + "\n").partition("\n")
-        found = WRITEFILE.match(first.strip())
-        if not found or not body:
-            continue  # not a %%writefile cell, or one IPython refuses (an empty body)
-        name = Path(found["name"].strip("'\"")).name  # never outside the folder it is verified in
-        files[name] = (files.get(name, "") if found["append"] else "") + body
-    return files
 
 
 HIDDEN = re.compile(r"^\s*### BEGIN HIDDEN TESTS\s*$(.*?)^\s*### END HIDDEN TESTS\s*$", re.S | re.M)
@@ -65,7 +38,7 @@ def check_calls(notebook: dict, grade_id: str) -> list[CheckCall]:
     for cell in notebook.get("cells", []):
         if cell.get("metadata", {}).get("nbgrader", {}).get("grade_id") != grade_id:
             continue
-        source = _source(cell)
+        source = cell_source(cell)
         hidden_lines = {source[:m.start(1)].count("\n") + i for m in HIDDEN.finditer(source)
                         for i in range(m[1].count("\n") + 1)}
         code = "\n".join("" if ln.lstrip().startswith(("%", "!")) else ln for ln in source.splitlines())
@@ -84,7 +57,12 @@ class ExerciseResult:
     grade_id: str
     points: float          # trusted points: all the cell's checks passed, or 0
     max_points: float
-    failures: list[str] = field(default_factory=list)   # verdict texts of the failing calls
+    verdicts: list[dict] = field(default_factory=list)   # every call's Verdict (as a dict), in the cell's order
+
+    @property
+    def inconclusive(self) -> bool:
+        """A measurement could not decide on this machine (never a fail): the submission needs a re-run."""
+        return any(v["status"] == "inconclusive" for v in self.verdicts)
 
 
 @dataclass
@@ -109,10 +87,11 @@ def reverify(submission: dict, source: dict, assignment: Assignment) -> Reverifi
             result = ExerciseResult(exercise.grade_id, exercise.points, exercise.points)
             for call in check_calls(source, exercise.grade_id):
                 verdict = run_check(call.exercise, cwd=tmp, cache=cache, hidden=call.hidden, **call.overrides)
-                verdicts[call_key(call.exercise, call.overrides)] = json.loads(verdict.to_json())
+                raw = json.loads(verdict.to_json())
+                verdicts[call_key(call.exercise, call.overrides)] = raw
+                result.verdicts.append(raw)
                 if not verdict.passed:  # like the test cell, stop at the first failing call
                     result.points = 0.0
-                    result.failures.append(verdict.to_text())
                     break
             results[exercise.grade_id] = result
     return Reverification(results, {n: digest(t) for n, t in files.items()}, verdicts)

@@ -10,7 +10,8 @@ What a sandboxed job sees and may do:
 - loopback networking only (torchrun and gloo work; nothing leaves the machine);
 - as root: it runs as the unprivileged user `course-sandbox`; otherwise in a user
   namespace of the grader's own user (which sees only what is listed above);
-- at most PROCESSES processes (a pids cgroup where one can be made, else RLIMIT_NPROC);
+- at most PROCESSES processes and MEMORY_BYTES of memory (cgroups, as root where they can be made;
+  RLIMIT_AS per rank and the time limits apply everywhere);
 - killing the sandbox (bwrap) kills everything in it: it is PID 1's namespace, which no
   child can leave (setsid and double forks stay inside).
 
@@ -32,12 +33,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MODE_ENV = "COURSE_SANDBOX"
+HIDE_ENV = "COURSE_SANDBOX_HIDE"   # more folders every sandbox hides (os.pathsep-separated)
 USER = "course-sandbox"
 PROCESSES = 512
 TMP_BYTES = 512 * 2**20
 SHM_BYTES = 1024 * 2**20
 SCRATCH_BYTES = 1024 * 2**20
-PIDS_CGROUP = Path("/sys/fs/cgroup/pids")
+MEMORY_BYTES = 12 * 2**30   # everything in one sandbox (the machine has to hold --jobs sandboxes)
 
 
 class SandboxUnavailable(RuntimeError):
@@ -108,18 +110,26 @@ def _hidden_by_default() -> list[Path]:
     home = Path(os.path.expanduser("~"))
     candidates = [course_root(), home, Path("/root"), Path("/home"), Path("/var/tmp"), Path("/work"),
                   Path("/srv"), Path("/mnt"), Path("/media"), Path("/opt/course")]
+    # The grading parent names its output and the submissions folder here (every job it starts inherits it).
+    candidates += [Path(p) for p in os.environ.get(HIDE_ENV, "").split(os.pathsep) if p]
     return [p.resolve() for p in candidates if p.exists()]
 
 
 @dataclass(frozen=True)
 class Sandbox:
+    """What one sandboxed command may see and write (see the module docstring)."""
     hide: tuple[Path, ...] = ()            # more folders to hide (grading output, submissions)
-    expose: tuple[Path, ...] = ()          # more folders to show read-only (a prepared dataset)
-    shape_loopback: str | None = None      # tc tbf arguments for lo, e.g. "rate 200mbit burst 64kb latency 100ms"
+    expose: tuple[Path, ...] = ()          # more paths to show read-only (a prepared dataset, a template)
+    # tc tbf arguments for lo, e.g. "rate 200mbit burst 128kb latency 100ms" (as root only; the burst must hold
+    # one packet of lo's 64 KiB MTU, or tbf drops them all and every connection stalls)
+    shape_loopback: str | None = None
+    package: str = "rank"                  # "rank": only autograder/rank; "kernel": all but the references
 
-    # -------------------------------------------------------------- the command
-    def command(self, inner: list[str], *, job, world_size: int, env: dict[str, str]) -> list[str]:
-        """bwrap ... -- inner, for a job in JobFolder `job` with `world_size` ranks."""
+    def command(self, inner: list[str], *, env: dict[str, str], readable: list[Path] = (),
+                writable_files: list[Path] = (), scratch: Path | None = None, scratch_bytes: int = SCRATCH_BYTES,
+                chdir: Path | None = None) -> list[str]:
+        """bwrap ... -- inner: `readable` read-only, `writable_files` writable (they must exist), `scratch` a
+        size-capped tmpfs (the only writable folder besides /tmp and /dev/shm)."""
         root = os.geteuid() == 0
         args = [shutil.which("bwrap") or "bwrap", "--die-with-parent", "--new-session", "--unshare-pid",
                 "--unshare-ipc", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try", "--hostname", "localhost"]
@@ -134,22 +144,27 @@ class Sandbox:
         hidden = sorted({*_hidden_by_default(), *(p.resolve() for p in self.hide), package}, key=lambda p: len(p.parts))
         for folder in hidden:
             args += ["--perms", "0755", "--tmpfs", str(folder)]
-        shown = sorted({*_python_dirs(), eurosat, package / "rank", *(p.resolve() for p in self.expose)},
-                       key=lambda p: len(p.parts))
+        shown = {*_python_dirs(), eurosat, *(p.resolve() for p in self.expose), *(p.resolve() for p in readable)}
+        shown |= {package} if self.package == "kernel" else {package / "rank", package / "__init__.py"}
+        shown = sorted(shown, key=lambda p: len(p.parts))
         # Folders between a hidden (empty) folder and what is shown in it: traversable, whatever the host's mode.
-        between = sorted({a for p in shown for a in p.parents if any(h in a.parents or h == a for h in hidden)}
-                         - set(hidden), key=lambda p: len(p.parts))
+        fresh = [*hidden, Path("/tmp")]   # bubblewrap would make these folders' missing children owner-only
+        between = sorted({a for p in shown for a in p.parents if any(h in a.parents or h == a for h in fresh)}
+                         - set(fresh) - set(shown), key=lambda p: len(p.parts))
         for folder in between:
             args += ["--perms", "0755", "--dir", str(folder)]
         for path in shown:
             args += ["--ro-bind", str(path), str(path)]
-        args += ["--ro-bind", str(package / "__init__.py"), str(package / "__init__.py")]
-        args += ["--ro-bind", str(job.path), str(job.path)]
-        for rank in range(world_size):
-            args += ["--bind", str(job.log(rank)), str(job.log(rank)),
-                     "--bind", str(job.stack(rank)), str(job.stack(rank))]
-        args += ["--perms", "1777", "--size", str(SCRATCH_BYTES), "--tmpfs", str(job.scratch),
-                 "--chdir", str(job.scratch), "--clearenv"]
+        if self.package == "kernel":   # the grader's reference implementations stay hidden from student code
+            for reference in sorted(package.glob("checks/*/reference.py")):
+                args += ["--ro-bind", "/dev/null", str(reference)]
+        for f in writable_files:
+            args += ["--bind", str(f), str(f)]
+        if scratch is not None:
+            args += ["--perms", "1777", "--size", str(scratch_bytes), "--tmpfs", str(scratch)]
+        if chdir is not None:
+            args += ["--chdir", str(chdir)]
+        args.append("--clearenv")
         for key, value in env.items():
             args += ["--setenv", key, value]
         if root:
@@ -157,7 +172,7 @@ class Sandbox:
                     "--bounding-set=-all", "--no-new-privs"]
             if self.shape_loopback:
                 args += ["--cap-add", "CAP_NET_ADMIN", "--", "/bin/sh", "-c",
-                         f"tc qdisc add dev lo root tbf {self.shape_loopback} && exec \"$@\"", "sandbox"]
+                         f"{_tc()} qdisc add dev lo root tbf {self.shape_loopback} && exec \"$@\"", "sandbox"]
             else:
                 args.append("--")
             return args + drop + inner
@@ -165,55 +180,87 @@ class Sandbox:
 
     @staticmethod
     def owner() -> int | None:
-        """The uid that must be able to write a job's logs (the sandbox user, as root)."""
+        """The uid that must be able to write a sandbox's files (the sandbox user, as root)."""
         return pwd.getpwnam(USER).pw_uid if os.geteuid() == 0 else None
+
+
+def _tc() -> str:
+    """tc's path: it lives in /usr/sbin or /sbin, which the sandbox's PATH (the job's) does not list."""
+    return shutil.which("tc", path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])) or "/usr/sbin/tc"
 
 
 # ------------------------------------------------------------------ process limit and cleanup
 
-def pids_cgroup() -> Path | None:
-    """A fresh pids cgroup capped at PROCESSES (as root, where the controller is writable), else None."""
-    if os.geteuid() != 0 or not os.access(PIDS_CGROUP, os.W_OK):
-        return None
-    group = PIDS_CGROUP / f"course-{uuid.uuid4().hex[:12]}"
+def _own_cgroup(controller: str) -> Path | None:
+    """This process's cgroup folder for a v1 controller (e.g. /sys/fs/cgroup/memory/<path>), if writable."""
     try:
-        group.mkdir()
-        (group / "pids.max").write_text(str(PROCESSES))
-    except OSError:
-        return None
-    return group
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            _, controllers, path = line.split(":", 2)
+            if controller in controllers.split(","):
+                folder = Path("/sys/fs/cgroup") / controller / path.lstrip("/")
+                return folder if os.access(folder, os.W_OK) else None
+    except (OSError, ValueError):
+        pass
+    return None
 
 
-def join(group: Path | None) -> None:
-    """In the child, before exec: enter the cgroup, so that every later fork is counted in it."""
-    if group is not None:
+def cgroups_available() -> bool:
+    """Whether process and memory limits can be set per sandbox here (root, writable v1 controllers)."""
+    return os.geteuid() == 0 and _own_cgroup("pids") is not None
+
+
+def cgroups() -> list[Path]:
+    """Fresh cgroups for one sandbox (as root, where the controllers are writable): at most PROCESSES processes
+    and MEMORY_BYTES of memory for everything in it. Empty where none can be made (RLIMITs still apply)."""
+    if os.geteuid() != 0:
+        return []
+    made = []
+    name = f"course-{uuid.uuid4().hex[:12]}"
+    for controller, limits in (("pids", {"pids.max": str(PROCESSES)}),
+                               ("memory", {"memory.limit_in_bytes": str(MEMORY_BYTES)})):
+        parent = _own_cgroup(controller)
+        if parent is None:
+            continue
+        group = parent / name
+        try:
+            group.mkdir()
+            for key, value in limits.items():
+                (group / key).write_text(value)
+            made.append(group)
+        except OSError:
+            kill_and_remove([group])
+    return made
+
+
+def join(groups: list[Path]) -> None:
+    """In the child, before exec: enter the cgroups, so that every later fork is counted in them."""
+    for group in groups:
         (group / "cgroup.procs").write_text(str(os.getpid()))
 
 
-def kill_and_remove(group: Path | None) -> None:
-    """Kill whatever is left in the cgroup and remove it."""
+def kill_and_remove(groups: list[Path]) -> None:
+    """Kill whatever is left in the cgroups and remove them."""
     import signal
     import time
 
-    if group is None:
-        return
-    for _ in range(100):
-        try:
-            pids = [int(p) for p in (group / "cgroup.procs").read_text().split()]
-        except OSError:
-            break
-        if not pids:
-            break
-        for pid in pids:
+    for group in groups:
+        for _ in range(100):
             try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.02)
-    try:
-        group.rmdir()
-    except OSError:
-        pass
+                pids = [int(p) for p in (group / "cgroup.procs").read_text().split()]
+            except OSError:
+                break
+            if not pids:
+                break
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.02)
+        try:
+            group.rmdir()
+        except OSError:
+            pass
 
 
 def describe(cmd: list[str]) -> str:

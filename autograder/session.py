@@ -58,6 +58,10 @@ class TaskResult:
     problem: str = ""                    # job-level: a rank died, a process claimed another rank, ...
     peak_rss: list[int] = field(default_factory=list)    # bytes per rank, the most VmRSS seen while it ran
     start_rss: list[int] = field(default_factory=list)   # bytes per rank when the inputs were sent
+    # The memory the rank itself holds (RssAnon + RssShmem: heap, tensors, shared memory), without the
+    # libraries' code pages that VmRSS also counts (file-backed, paged in as code is first used):
+    peak_private: list[int] = field(default_factory=list)    # bytes per rank, the most seen while it ran
+    start_private: list[int] = field(default_factory=list)   # bytes per rank when the inputs were sent
 
     @property
     def complete(self) -> bool:
@@ -75,15 +79,22 @@ class _Rank:
         self.closed = False
 
 
-def _rss(pid: int) -> int:
+def _memory(pid: int) -> tuple[int, int]:
+    """(VmRSS, RssAnon + RssShmem) of a process in bytes, read from /proc/<pid>/status; (0, 0) if it is gone."""
+    values = {}
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
+                key, _, rest = line.partition(":")
+                if key in ("VmRSS", "RssAnon", "RssShmem"):
+                    values[key] = int(rest.split()[0]) * 1024
     except (OSError, ValueError, IndexError):
         pass
-    return 0
+    return values.get("VmRSS", 0), values.get("RssAnon", 0) + values.get("RssShmem", 0)
+
+
+def _rss(pid: int) -> int:
+    return _memory(pid)[0]
 
 
 class Job:
@@ -91,8 +102,10 @@ class Job:
 
     def __init__(self, *, world_size: int, profile: Profile, module: str | None, sources: Path | dict | None,
                  label: str = "check", local: bool = False, nnodes: int = 1, cpus: set[int] | None = None,
-                 confine: sandbox.Sandbox | None = None, sandboxed: bool | None = None):
+                 confine: sandbox.Sandbox | None = None, sandboxed: bool | None = None,
+                 env: dict[str, str] | None = None):
         self.world_size, self.profile, self.local, self.nnodes = world_size, profile, local, nnodes
+        self.extra_env = dict(env or {})   # more variables for every process of the job (e.g. allocator settings)
         self.sandboxed = sandbox.enabled() if sandboxed is None else sandboxed
         self.confine = confine or sandbox.Sandbox()
         self.folder = JobFolder.create(label, world_size, owner=sandbox.Sandbox.owner() if self.sandboxed else None)
@@ -105,7 +118,7 @@ class Job:
         self.ranks: dict[int, _Rank] = {}
         self.problem = ""
         self.proc: subprocess.Popen | None = None
-        self.cgroup: Path | None = None
+        self.cgroups: list[Path] = []
         self.selector = selectors.DefaultSelector()
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(str(self.folder.socket))
@@ -131,10 +144,15 @@ class Job:
             env.update(GLOO_SOCKET_IFNAME="lo", NCCL_SOCKET_IFNAME="lo")
         if self.local:
             env.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
+        env.update(self.extra_env)
         return env
 
     def _command(self) -> list[str]:
-        driver = [sys.executable, "-I", "-m", "autograder.rank", str(self.folder.path)]
+        # -I: no PYTHON* variables, no user site, no current folder on sys.path; the package this harness is
+        # (the repository's or a student copy's) is put first explicitly, so both sides run the same code.
+        package_parent = str(Path(__file__).resolve().parents[1])
+        driver = [sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {package_parent!r}); "
+                  "from autograder.rank.__main__ import main; main(sys.argv[1])", str(self.folder.path)]
         if self.local:
             return driver
         port = 29400 if self.sandboxed else launch.free_port()
@@ -150,10 +168,13 @@ class Job:
     def launch(self) -> None:
         """Start the job's processes (they import torch and connect; `ready` waits for them)."""
         env, inner = self._env(), self._command()
-        cmd = self.confine.command(inner, job=self.folder, world_size=self.world_size, env=env) \
+        folder = self.folder
+        cmd = self.confine.command(inner, env=env, readable=[folder.path], scratch=folder.scratch, chdir=folder.scratch,
+                                   writable_files=[f for r in range(self.world_size)
+                                                   for f in (folder.log(r), folder.stack(r))]) \
             if self.sandboxed else inner
-        self.cgroup = sandbox.pids_cgroup() if self.sandboxed else None
-        cpus, group = self.cpus, self.cgroup
+        self.cgroups = sandbox.cgroups() if self.sandboxed else []
+        cpus, group = self.cpus, self.cgroups
 
         def in_child():
             sandbox.join(group)
@@ -208,18 +229,22 @@ class Job:
                 handle.closed = True
         if part != "import":   # a task starts once every rank has its inputs; the import counts from the launch
             started = time.monotonic()
-        peaks = [0] * self.world_size
-        start_rss = [_rss(self.ranks[r].pid) if r in self.ranks else 0 for r in range(self.world_size)] \
+        peaks, private = [0] * self.world_size, [0] * self.world_size
+        starts = [_memory(self.ranks[r].pid) if r in self.ranks else (0, 0) for r in range(self.world_size)] \
             if measure_memory else []
-        memory = (lambda: self._poll_memory(peaks)) if measure_memory else None
+        memory = (lambda: self._poll_memory(peaks, private)) if measure_memory else None
         self._pump(deadline, lambda: all(h.inbox or h.closed for h in self.ranks.values()), tick=memory)
         result = self._result(part, started, deadline, peaks)
-        result.start_rss = start_rss
+        result.start_rss, result.start_private = [s[0] for s in starts], [s[1] for s in starts]
+        result.peak_private = private if measure_memory else []
         return result
 
-    def _poll_memory(self, peaks: list[int]) -> None:
+    def _poll_memory(self, peaks: list[int], private: list[int] | None = None) -> None:
         for rank, handle in self.ranks.items():
-            peaks[rank] = max(peaks[rank], _rss(handle.pid))
+            rss, held = _memory(handle.pid)
+            peaks[rank] = max(peaks[rank], rss)
+            if private is not None:
+                private[rank] = max(private[rank], held)
 
     def _result(self, part: str, started: float, deadline: float, peaks: list[int] | None = None) -> TaskResult:
         outcomes: list[RankOutcome | None] = []
@@ -360,7 +385,7 @@ class Job:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
-            sandbox.kill_and_remove(self.cgroup)
+            sandbox.kill_and_remove(self.cgroups)
             launch.sweep(self.token)
             self.proc.wait()
         self.selector.close()

@@ -1,9 +1,10 @@
-"""In the notebook kernel while grading: reuse the verdict re-verification established for exactly these files.
+"""In the notebook kernel while grading: the verdicts re-verification established, shown by the test cells.
 
-The grader checks the submission's %%writefile files outside the kernel first (reverify.py)
-and hands the kernel those verdicts in a file named by $COURSE_TRUSTED_VERDICTS. The kernel's
-check() reuses one only while the files on disk are the verified ones, byte for byte; the
-grade never depends on this reuse (the lower of the cell's and the re-verified score stands).
+The grader checks the submission's %%writefile files with the trusted harness first
+(reverify.py) and hands the kernel those verdicts in a file named by $COURSE_TRUSTED_VERDICTS.
+While grading, the kernel never runs a check itself (it runs in the sandbox, without the
+checks' references): a test cell shows the trusted verdict of its call, and says so when the
+files on disk are not the verified ones. The grade is the trusted verdicts' points.
 """
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, grading_shortcuts, load
 from .verdict import Verdict
 
 TRUSTED_ENV = "COURSE_TRUSTED_VERDICTS"
@@ -27,25 +27,24 @@ def call_key(exercise_id: str, overrides: dict[str, Any]) -> str:
     return json.dumps([exercise_id, overrides], sort_keys=True)
 
 
-def trusted_verdict(exercise_id: str, overrides: dict[str, Any], cwd: Path) -> Verdict | None:
-    """The trusted verdict for this call, if the files on disk are the verified ones (and shortcuts are on).
+def grading() -> bool:
+    """True in a kernel that nbgrader runs for `course grade` (the trusted verdicts are given)."""
+    return bool(os.environ.get(TRUSTED_ENV))
 
-    The checked module must be there, and every verified file that is there must be
-    byte-identical; files that later cells write may be missing yet (a notebook checks
-    ddp_parts.py before its %%writefile cell for ddp_train.py has run).
-    """
-    path = os.environ.get(TRUSTED_ENV)
-    if not path or not grading_shortcuts():
-        return None
+
+def trusted_verdict(exercise_id: str, overrides: dict[str, Any], cwd: Path) -> tuple[Verdict | None, str]:
+    """(the trusted verdict for this call, a note): the note says when the files on disk differ from the ones
+    the verdict was established for (files that later cells write may be missing yet)."""
     try:
-        trusted = json.loads(Path(path).read_text())
-        module = overrides.get("module") or load().exercise(exercise_id).module
-        if module not in trusted["files"] or not (cwd / module).is_file():
-            return None  # not a verified module, or not written yet: the kernel checks for itself
-        for name, expected in trusted["files"].items():
-            if (cwd / name).exists() and digest((cwd / name).read_bytes()) != expected:
-                return None
+        trusted = json.loads(Path(os.environ[TRUSTED_ENV]).read_text())
         raw = trusted["verdicts"][call_key(exercise_id, overrides)]
-    except (OSError, ValueError, KeyError, ConfigError):
-        return None
-    return Verdict.from_dict(raw)
+    except (OSError, ValueError, KeyError):
+        return None, f"no verdict was established for check({exercise_id!r}, {overrides}): the test cell differs " \
+                     f"from the assignment's"
+    differ = []
+    for name, expected in trusted.get("files", {}).items():
+        path = cwd / name
+        if path.exists() and digest(path.read_bytes()) != expected:
+            differ.append(name)
+    note = (f"(graded from your %%writefile cells; {', '.join(differ)} on disk differ from them)" if differ else "")
+    return Verdict.from_dict(raw), note

@@ -46,7 +46,7 @@ def _notebook_files(kind: str, assignment: str) -> Path:
     import tempfile
 
     from autograder.config import course_root
-    from autograder.reverify import writefile_cells
+    from autograder.cells import writefile_cells
 
     if (kind, assignment) not in _NOTEBOOK_FILES:
         folder = Path(tempfile.mkdtemp(prefix=f"course-{kind}-{assignment}-"))

@@ -1,8 +1,24 @@
-"""Instructor grading at class scale: an adversarial corpus, each submission recorded, nothing leaks or outlives.
+"""Instructor grading at class scale, against students who read the package and /proc.
 
 One small assignment (torchrun_basics: env, mean, gather; tests/grading_course.py) is
-released through nbgrader and a corpus of hostile or broken submissions is graded once
-with two jobs; each test then reads its student's row, record and feedback.
+released through nbgrader, and an adversarial corpus is graded once, in one `course grade`
+run with two jobs, next to honest students. Each attack is written afresh from its class:
+
+- read-everything: from the ranks and from the kernel, walk /proc for the grader's command
+  lines, look for other students' submissions, records and feedback, copy them, print them
+  into the attacker's own feedback, overwrite a classmate's feedback page with a script;
+- outlive: `env -i setsid` daemons from a rank and from the kernel, meant to rewrite records
+  after grading;
+- persist: rewrite the installed grader (harness.py) so that later submissions pass;
+- disk-filler: 32 MiB files until the disk is full;
+- flood: one 50 MB output line and 50 MB of HTML (with a script) as cell outputs;
+- copy-the-answer: exec the instructor's solution from source/;
+- frame-reader (the engine attack): global_mean reads the caller's frames and counters;
+- monkeypatch: replace check() in the kernel; tampered-tests: edit, delete and retype test cells.
+
+Honest students keep full marks, attackers get 0 on what they attacked and a flag where
+something was tampered with, nothing outlives grading, the installed grader is unchanged,
+and the run completes with a CSV.
 """
 from __future__ import annotations
 
@@ -22,16 +38,21 @@ import pytest
 
 import grading_course as gc
 from autograder.launch import processes_with_env
+from conftest import require_sandbox
 
 pytestmark = pytest.mark.slow
 
 SOLUTION = "\n".join(ln for ln in gc.SOLUTION_CELL.split("\n")[1:] if "### " not in ln)
+ENV_LINE = '    return int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])'
+BLANK = SOLUTION.replace(ENV_LINE, "    raise NotImplementedError()")
+MARKER = f"CLASSMATE-SECRET-{uuid.uuid4().hex[:8]}"       # in the honest student's notebook and code
+OUTLIVE = f"OUTLIVE-{uuid.uuid4().hex[:8]}"               # in every daemon's command line
 SPAWN = "import subprocess\nsubprocess.Popen(['sleep', '600'], start_new_session=True)\n"
 
 
-def _replace(old: str, new: str) -> str:
-    assert old in SOLUTION
-    return SOLUTION.replace(old, new)
+def _replace(old: str, new: str, text: str = SOLUTION) -> str:
+    assert old in text
+    return text.replace(old, new)
 
 
 def _test_cells(cells):
@@ -48,28 +69,99 @@ def _tamper_with_tests(cells):
     retyped.pop("execution_count", None)
 
 
-ENV_LINE = '    return int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])'
+def _with_marker(cells):
+    cells.insert(0, {"cell_type": "markdown", "metadata": {}, "source": f"My notes: {MARKER}"})
+
+
+# What a student who reads /proc and the package would try, from anywhere its code runs.
+LOOT = f'''
+import glob, os, re, shutil
+found = set()
+for pid in [p for p in os.listdir("/proc") if p.isdigit()]:
+    try:
+        found.update(re.findall(r"/[^\\0 ]+", open(f"/proc/{{pid}}/cmdline").read()))
+    except OSError:
+        pass
+loot = []
+for path in list(found) + ["/tmp", "/work", os.path.expanduser("~")]:
+    for f in glob.glob(os.path.join(os.path.dirname(path), "**", "*"), recursive=True)[:2000]:
+        if f.endswith((".ipynb", ".json", ".csv", ".html")) and os.path.isfile(f):
+            try:
+                text = open(f, errors="replace").read()
+            except OSError:
+                continue
+            loot.append(text[:20000])
+            if f.endswith(".html"):
+                try:
+                    open(f, "w").write("<script>alert('pwned')</script>")
+                except OSError:
+                    pass
+print("LOOT", len(loot), "".join(loot)[:200000])
+'''
+DAEMON = (f"import subprocess\nsubprocess.Popen(['env', '-i', 'setsid', 'python3', '-c', "
+          f"'import time; time.sleep(90)  # {OUTLIVE}'])\n")
+PERSIST = '''
+import autograder, os
+folder = os.path.dirname(autograder.__file__)
+for name in ("harness.py", "__init__.py", "trusted.py"):
+    try:
+        with open(os.path.join(folder, name), "a") as f:
+            f.write("\\n# PASS ANYTHING WITH A MARKER\\n")
+    except OSError as exc:
+        print("persist:", name, type(exc).__name__)
+'''
+FILL_DISK = '''
+import os
+n = 0
+try:
+    while n < 400:
+        with open(f"fill{n}.bin", "wb") as f:
+            f.write(os.urandom(32 * 2**20))
+        n += 1
+except OSError as exc:
+    print("disk full after", n, "files:", type(exc).__name__)
+'''
+COPY_ANSWER = '''
+import glob, json
+from autograder.config import course_root
+cells = json.load(open(glob.glob(str(course_root() / "source" / "*" / "*.ipynb"))[0]))["cells"]
+exec("".join(next(c for c in cells if "".join(c["source"]).startswith("%%writefile")) ["source"]).split("\\n", 1)[1])
+'''
+FRAME_READER = '''
+def global_mean(t):
+    import inspect, torch
+    for frame in inspect.stack():
+        for name, value in frame.frame.f_locals.items():
+            if isinstance(value, dict) and "calls" in dir(value):
+                value["calls"]["all_reduce"] = value["calls"].get("all_reduce", 0) + 1
+    return t.clone()   # no collective: a guess that only the check's own state could make right
+'''
+
 CORPUS = {
-    "honest": dict(module=SOLUTION),
+    "honest": dict(module=SOLUTION + f"\n# {MARKER}\n", edit=_with_marker),
     "blank": dict(),
     "hang": dict(module=_replace("    dist.all_reduce(total)\n",
                                  "    if dist.get_rank() != 0:\n        dist.all_reduce(total)\n")),
-    # rank 1 dies in dist_env; global_mean allocates without bound (the memory cap stops it)
     "crash-and-memory": dict(module=_replace(ENV_LINE, '    if os.environ["RANK"] == "1":\n        raise SystemExit(3)\n'
                                                        + ENV_LINE).replace(
         "    total = t.clone()\n", "    hoard = [torch.empty(2**24) for _ in iter(int, 1)]\n    total = t.clone()\n")),
     "import-loop": dict(module="while True:\n    pass\n" + SOLUTION),
     "flood": dict(module=_replace(ENV_LINE, "    import sys\n    while True:\n        sys.stderr.write('x' * 4096)\n"),
-                  extra_cells=["for i in range(20):\n    print('spam ' * 200_000)"]),
+                  extra_cells=["print('y' * 50_000_000)",
+                               "from IPython.display import HTML, display\n"
+                               "display(HTML('<script>alert(1)</script>' + 'z' * 50_000_000))"]),
     "orphans": dict(module=_replace(ENV_LINE, "    " + SPAWN.replace("\n", "\n    ") + "\n" + ENV_LINE),
                     extra_cells=[SPAWN]),
+    "read-everything": dict(module=LOOT + SOLUTION, extra_cells=[LOOT]),
+    "outlive": dict(module=DAEMON + SOLUTION, extra_cells=[DAEMON]),
+    "persist": dict(module=PERSIST + BLANK, extra_cells=[PERSIST]),
+    "disk-filler": dict(module=SOLUTION, extra_cells=[FILL_DISK]),
+    "copy-the-answer": dict(module=COPY_ANSWER, extra_cells=[COPY_ANSWER]),
+    "frame-reader": dict(module=SOLUTION.split("def global_mean")[0] + FRAME_READER + "\n\ndef gather_all"
+                         + SOLUTION.split("def gather_all")[1]),
     "monkeypatch": dict(extra_cells=["import autograder, autograder.harness\n"
                                      "autograder.check = autograder.harness.check = lambda *a, **k: print('PASS')"]),
-    "tampered-tests": dict(edit=_tamper_with_tests),   # nbgrader puts the locked test cells back
-    "gradebook-writer": dict(module=SOLUTION, extra_cells=["open('../../../gradebook.db', 'wb').write(b'0' * 100)"]),
-    "source-writer": dict(module=SOLUTION, extra_cells=[
-        "from autograder.config import course_root\n(course_root() / 'source/mini/mini.ipynb').write_text('{}')\n"
-        "import glob\nfor f in glob.glob('../../../../../records/*/*.json'):\n    open(f, 'w').write('{}')"]),
+    "tampered-tests": dict(module=SOLUTION, edit=_tamper_with_tests),
 }
 
 
@@ -79,11 +171,13 @@ def mini(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("grading")
     root = gc.build(tmp / "course")
     tag = uuid.uuid4().hex
-    saved = {k: os.environ.get(k) for k in ("COURSE_ROOT", "COURSE_TEST_ID")}
-    os.environ.update(COURSE_ROOT=str(root), COURSE_TEST_ID=tag)
+    keys = ("COURSE_ROOT", "COURSE_TEST_ID", "COURSE_INSTALL_RECORD")
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ.update(COURSE_ROOT=str(root), COURSE_TEST_ID=tag, COURSE_INSTALL_RECORD=str(tmp / "install.json"))
     try:
-        from autograder import nbglue
+        from autograder import install, nbglue
 
+        install.record()   # the grader as it is now (as `make setup` records it)
         nbglue.release()
         release_nb = root / "release" / gc.ASSIGNMENT / f"{gc.ASSIGNMENT}.ipynb"
         subs = tmp / "submissions"
@@ -101,11 +195,23 @@ def mini(tmp_path_factory):
                 os.environ[k] = v
 
 
+def _alive_with(text: str) -> list[int]:
+    pids = []
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            if text.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                pids.append(int(pid))
+        except OSError:
+            pass
+    return pids
+
+
 @pytest.fixture(scope="module")
 def graded(mini):
-    """The whole corpus graded once with --jobs 2."""
-    from autograder import grading
+    """The whole corpus graded once with --jobs 2 (the sandbox is required: CI has it)."""
+    from autograder import grading, install
 
+    require_sandbox()
     source_sha = hashlib.sha256((mini["root"] / "source/mini/mini.ipynb").read_bytes()).hexdigest()
     start = time.monotonic()
     csv_path = grading.grade(mini["subs"], out=mini["tmp"] / "out", jobs=2, progress=False)
@@ -113,16 +219,21 @@ def graded(mini):
     time.sleep(1)
     rows = {r["student"]: r for r in csv.DictReader(open(csv_path))}
     return dict(mini, rows=rows, out=mini["tmp"] / "out", seconds=seconds, source_sha=source_sha,
-                leftovers=processes_with_env("COURSE_TEST_ID", mini["tag"]))
+                leftovers=processes_with_env("COURSE_TEST_ID", mini["tag"]), daemons=_alive_with(OUTLIVE),
+                install_changes=install.changes())
 
 
 def points(row) -> tuple[float, float, float]:
     return tuple(float(row[g] or 0) for g in ("torchrun_env", "torchrun_mean", "torchrun_gather"))
 
 
-def test_every_submission_has_a_row_and_no_process_outlives_grading(graded):
+def page(graded, student: str) -> str:
+    return (graded["out"] / "feedback" / student / gc.ASSIGNMENT / f"{gc.ASSIGNMENT}.html").read_text()
+
+
+def test_every_submission_has_a_row_and_nothing_outlives_grading(graded):
     assert set(graded["rows"]) == set(CORPUS)
-    assert graded["leftovers"] == []
+    assert graded["leftovers"] == [] and graded["daemons"] == []
     print(f"corpus of {len(CORPUS)} graded in {graded['seconds']:.0f} s with --jobs 2")
 
 
@@ -134,9 +245,14 @@ def test_every_submission_has_a_row_and_no_process_outlives_grading(graded):
     ("import-loop", (0, 0, 0)),
     ("flood", (0, 1, 1)),
     ("orphans", (1, 1, 1)),
+    ("read-everything", (1, 1, 1)),   # its own code is right; it got nothing of anyone else's (below)
+    ("outlive", (1, 1, 1)),
+    ("persist", (0, 1, 1)),         # dist_env is blank; the grader it tried to rewrite is unchanged (below)
+    ("disk-filler", (1, 1, 1)),
+    ("copy-the-answer", (0, 0, 0)),
+    ("frame-reader", (1, 0, 1)),
     ("monkeypatch", (0, 0, 0)),
-    ("tampered-tests", (0, 0, 0)),  # edited, deleted and retyped test cells are put back and run
-    ("source-writer", (1, 1, 1)),   # its own work is right; the tampering is flagged below
+    ("tampered-tests", (1, 1, 1)),  # the test cells are put back and run; the tampering is flagged
 ])
 def test_scores(graded, student, expected):
     row = graded["rows"][student]
@@ -144,34 +260,63 @@ def test_scores(graded, student, expected):
     assert float(row["total"]) == sum(expected) and float(row["max"]) == 3
 
 
-def test_monkeypatching_check_in_the_kernel_is_flagged_and_the_lower_score_stands(graded):
-    flags = graded["rows"]["monkeypatch"]["flags"]
-    assert flags.count("the lower score stands") == 3
-    page = next((graded["out"] / "feedback" / "monkeypatch").rglob("*.html")).read_text()
-    assert "Re-verification outside the notebook" in page and "NotImplementedError" in page
+def test_honest_students_carry_no_flags_whatever_ran_beside_them(graded):
+    assert graded["rows"]["honest"]["flags"] == "" and graded["rows"]["blank"]["flags"] == ""
 
 
-def test_honest_and_blank_rows_carry_no_flags(graded):
-    assert graded["rows"]["honest"]["flags"] == "" or "changed while it was graded" in graded["rows"]["honest"]["flags"]
-    assert graded["rows"]["blank"]["flags"] == "" or "changed while it was graded" in graded["rows"]["blank"]["flags"]
+def test_nothing_of_a_classmate_reaches_an_attacker_and_no_page_carries_a_script(graded):
+    out = graded["out"]
+    assert MARKER in (graded["subs"] / "honest/mini/mini.ipynb").read_text()
+    for student in CORPUS:
+        if student != "honest":
+            assert MARKER not in page(graded, student), student
+            assert MARKER not in (out / "records" / student / "mini.json").read_text()
+        assert "alert(" not in page(graded, student) and "<script>alert" not in page(graded, student), student
+    assert "LOOT" in page(graded, "read-everything")   # it ran, and found nothing to print
 
 
-def test_writing_to_the_gradebook_is_recorded_not_lost(graded):
-    row = graded["rows"]["gradebook-writer"]
-    assert "needs manual grading" in row["flags"] or points(row) == (1, 1, 1), row
-
-
-def test_writing_to_source_and_records_is_put_back_and_flagged(graded):
-    assert "changed while it was graded" in graded["rows"]["source-writer"]["flags"]
+def test_the_grader_and_the_course_are_unchanged(graded):
+    assert graded["install_changes"] == []
     sha = hashlib.sha256((graded["root"] / "source/mini/mini.ipynb").read_bytes()).hexdigest()
     assert sha == graded["source_sha"]
-    for record in (graded["out"] / "records").glob("*/*.json"):
-        assert json.loads(record.read_text())["student"]  # no record was left emptied
+    assert "persist: harness.py" in page(graded, "persist")   # it tried, from the kernel, and could not
+
+
+def test_a_full_disk_stays_in_its_sandbox(graded):
+    """It filled its own size-capped folder (where nbgrader writes its notebook too): the rest of the class is
+    graded, and its own row has the trusted points."""
+    assert points(graded["rows"]["disk-filler"]) == (1, 1, 1)
+
+
+def test_floods_are_cut_to_size(graded):
+    """Ranks that flood are stopped (a verdict); 100 MB of kernel output leaves a page of a few MB, no script."""
+    html = page(graded, "flood")
+    assert len(html) < 5 * 2**20 and "output limit" in html and "alert(1)" not in html
+
+
+def test_kernel_monkeypatching_is_flagged_and_the_trusted_score_stands(graded):
+    flags = graded["rows"]["monkeypatch"]["flags"]
+    assert flags.count("the trusted score stands") == 3, flags
+
+
+def test_tampered_test_cells_are_named(graded):
+    flags = graded["rows"]["tampered-tests"]["flags"]
+    assert "test cell torchrun_env was edited" in flags and "'pass  # trust me'" in flags
+    assert "test cell torchrun_mean was deleted" in flags
+    assert "test cell torchrun_gather was turned into a markdown cell" in flags
+
+
+def test_frame_reading_gets_no_credit_in_grading_as_in_check(graded, tmp_path):
+    from autograder import run_check
+
+    module = tmp_path / "torchrun_basics.py"
+    module.write_text(CORPUS["frame-reader"]["module"])
+    v = run_check("torchrun.mean", module=module)
+    assert not v.passed and points(graded["rows"]["frame-reader"])[1] == 0
 
 
 def test_hang_verdict_reaches_the_feedback(graded):
-    page = next((graded["out"] / "feedback" / "hang").rglob("*.html")).read_text()
-    assert "TIME-OUT torchrun.mean" in page
+    assert "TIME-OUT torchrun.mean" in page(graded, "hang")
 
 
 def test_rerun_skips_what_is_graded(graded):
@@ -186,26 +331,68 @@ def test_rerun_skips_what_is_graded(graded):
 
 
 def test_lms_zip_is_collected_per_student(mini, tmp_path):
-    from autograder import grading
     from autograder.config import load
+    from autograder.submissions import collect
 
     zpath = tmp_path / "lms.zip"
     src = mini["subs"]
     with zipfile.ZipFile(zpath, "w") as z:
         z.write(src / "honest/mini/mini.ipynb", "honest_1234_5678_mini.ipynb")           # Canvas-style flat
         z.write(src / "blank/mini/mini.ipynb", "Blank Student_99_assignsubmission_file_/mini-1.ipynb")  # Moodle
-    subs = grading.collect(zpath, list(load().assignments), tmp_path)
+    subs = collect(zpath, list(load().assignments), tmp_path)
     assert sorted((s.student, s.assignment) for s in subs) == [("Blank-Student", "mini"), ("honest", "mini")]
+
+
+def _copy(mini, tmp_path, students) -> Path:
+    subs = tmp_path / "subs"
+    for student in students:
+        (subs / student / "mini").mkdir(parents=True)
+        (subs / student / "mini" / "mini.ipynb").write_bytes((mini["subs"] / student / "mini/mini.ipynb").read_bytes())
+    return subs
+
+
+def _course(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "autograder.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=900)
+
+
+def test_without_a_sandbox_grading_refuses_unless_told_and_then_says_so(mini, tmp_path):
+    """No sandbox: a clear refusal; --unsafe-no-sandbox grades one at a time, puts back what a submission changed
+    outside itself (naming the file and the student), and every row says it was graded without a sandbox."""
+    subs = _copy(mini, tmp_path, ["honest"])
+    (subs / "source-writer" / "mini").mkdir(parents=True)
+    release_nb = mini["root"] / "release/mini/mini.ipynb"
+    source = mini["root"] / "source/mini/mini.ipynb"
+    before = source.read_bytes()
+    writer = gc.submission(release_nb, SOLUTION, [f"open({str(source)!r}, 'w').write('{{}}')"])
+    (subs / "source-writer" / "mini" / "mini.ipynb").write_text(json.dumps(writer))
+    refused = _course("grade", str(subs), "--out", str(tmp_path / "out"), "--jobs", "2", env={"COURSE_SANDBOX": "off"})
+    assert refused.returncode == 2 and "no sandbox" in refused.stderr and "--unsafe-no-sandbox" in refused.stderr
+    done = _course("grade", str(subs), "--out", str(tmp_path / "out"), "--jobs", "2", "--unsafe-no-sandbox",
+                   env={"COURSE_SANDBOX": "off"})
+    assert done.returncode == 0, done.stderr
+    rows = {r["student"]: r for r in csv.DictReader(open(tmp_path / "out" / "grades.csv"))}
+    assert all("graded WITHOUT a sandbox" in r["flags"] for r in rows.values())
+    assert "while source-writer's mini was graded" in rows["source-writer"]["flags"]
+    assert "mini.ipynb" in rows["source-writer"]["flags"] and "while" not in rows["honest"]["flags"]
+    assert source.read_bytes() == before
+
+
+def test_a_changed_grader_is_refused_naming_the_file(mini, tmp_path):
+    record = json.loads(Path(os.environ["COURSE_INSTALL_RECORD"]).read_text())
+    record["autograder/harness.py"] = "0" * 64
+    changed = tmp_path / "install.json"
+    changed.write_text(json.dumps(record))
+    proc = _course("grade", str(_copy(mini, tmp_path, ["blank"])), "--out", str(tmp_path / "out"),
+                   env={"COURSE_INSTALL_RECORD": str(changed)})
+    assert proc.returncode == 2 and "autograder/harness.py" in proc.stderr and "refusing to grade" in proc.stderr
 
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "kill"])
 def test_interrupt_keeps_recorded_grades(mini, tmp_path, stop):
     """Ctrl-C or `kill` in the middle: what was recorded stays, the CSV has it, and no job is left running
     (the autouse fixture checks that no process outlives the test)."""
-    subs = tmp_path / "subs"
-    for student in ("blank", "honest"):
-        (subs / student / "mini").mkdir(parents=True)
-        (subs / student / "mini" / "mini.ipynb").write_bytes((mini["subs"] / student / "mini/mini.ipynb").read_bytes())
+    subs = _copy(mini, tmp_path, ["blank", "honest"])
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "autograder.cli", "grade", str(subs), "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -1,4 +1,4 @@
-"""Grading's shortcuts (shared launches, trusted verdicts, demos not run) and the switch that turns them off.
+"""Grading's shortcuts (shared launches, demos not run), the kernel's trusted verdicts, and the switch.
 
 `course bench grading` measures a submission's autograde time without and with them, so
 both sides must really be what they claim. Nothing here launches torchrun: launches are
@@ -15,7 +15,10 @@ import pytest
 
 from autograder import config, harness, notebook
 from autograder.config import SHORTCUTS_ENV, course_root
-from autograder.reverify import TRUSTED_ENV, Reverification, call_key, reverify, writefile_cells
+from autograder.cells import writefile_cells
+from autograder.course import load_course
+from autograder.reverify import Reverification, reverify
+from autograder.trusted import TRUSTED_ENV, call_key
 from autograder.verdict import Verdict
 from conftest import stub
 
@@ -49,38 +52,33 @@ def _trusted(tmp_path: Path, monkeypatch, module_text: str) -> dict:
     return overrides
 
 
-def test_kernel_reuses_a_trusted_verdict_before_later_files_are_written(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("shortcuts", ["on", "off"])
+def test_while_grading_the_kernel_shows_the_trusted_verdict_and_checks_nothing(tmp_path, monkeypatch, capsys,
+                                                                               shortcuts):
+    """The stub on disk would fail a real check; the cell shows what re-verification established instead."""
     overrides = _trusted(tmp_path, monkeypatch, STUB)
-    monkeypatch.delenv(SHORTCUTS_ENV, raising=False)
+    monkeypatch.setenv(SHORTCUTS_ENV, shortcuts)
+    monkeypatch.setattr(harness, "run_check", lambda *a, **k: pytest.fail("the kernel ran a check while grading"))
     harness.check("torchrun.env", **overrides)
     assert "verified outside the kernel" in capsys.readouterr().out
 
 
-def test_without_shortcuts_the_kernel_checks_for_itself(tmp_path, monkeypatch):
-    overrides = _trusted(tmp_path, monkeypatch, STUB)
-    monkeypatch.setenv(SHORTCUTS_ENV, "off")
-    with pytest.raises(AssertionError, match="NotImplementedError"):
-        harness.check("torchrun.env", **overrides)
-
-
-@pytest.mark.parametrize("change", ["module edited", "other file edited", "module deleted"])
-def test_a_trusted_verdict_is_not_reused_once_the_files_differ(tmp_path, monkeypatch, change):
+@pytest.mark.parametrize("change", ["module edited", "other file edited"])
+def test_files_that_differ_from_the_verified_ones_are_named(tmp_path, monkeypatch, capsys, change):
     overrides = _trusted(tmp_path, monkeypatch, STUB)
     if change == "module edited":
         (tmp_path / "torchrun_basics.py").write_text(STUB + "\n# edited in the kernel after re-verification\n")
-    elif change == "other file edited":
-        (tmp_path / "later.py").write_text(LATER + "import torchrun_basics  # not what was verified\n")
     else:
-        (tmp_path / "torchrun_basics.py").unlink()
-    with pytest.raises(AssertionError, match="NotImplementedError|does not exist"):
-        harness.check("torchrun.env", **overrides)
-
-
-def test_a_trusted_verdict_is_reused_once_a_later_file_is_written_as_verified(tmp_path, monkeypatch, capsys):
-    overrides = _trusted(tmp_path, monkeypatch, STUB)
-    (tmp_path / "later.py").write_text(LATER)
+        (tmp_path / "later.py").write_text(LATER + "import torchrun_basics  # not what was verified\n")
     harness.check("torchrun.env", **overrides)
-    assert "verified outside the kernel" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "graded from your %%writefile cells" in out and "verified outside the kernel" in out
+
+
+def test_a_call_without_a_trusted_verdict_fails_in_the_cell(tmp_path, monkeypatch):
+    overrides = _trusted(tmp_path, monkeypatch, STUB)
+    with pytest.raises(AssertionError, match="test cell differs"):
+        harness.check("torchrun.env", world_size=7, **overrides)
 
 
 @pytest.fixture
@@ -116,14 +114,14 @@ def test_verified_files_are_byte_for_byte_what_ipython_writes(ipython, tmp_path)
 
 @pytest.fixture
 def counted_launches(monkeypatch):
-    """harness._launch replaced by one that records each launch's exercises and passes them all."""
+    """harness._run replaced by one that records each job's exercises and passes them all."""
     launches: list[list[str]] = []
 
-    def fake_launch(plan, limits):
-        launches.append([e.id for e, _, _ in plan.items])
-        return [Verdict(exercise=e.id, passed=True, message="counted") for e, _, _ in plan.items]
+    def fake_run(plan):
+        launches.append([c.exercise.id for c in plan.calls])
+        return [Verdict(exercise=c.exercise.id, passed=True, message="counted") for c in plan.calls]
 
-    monkeypatch.setattr(harness, "_launch", fake_launch)
+    monkeypatch.setattr(harness, "_run", fake_run)
     return launches
 
 
@@ -131,12 +129,14 @@ def counted_launches(monkeypatch):
 def test_reverification_shares_launches_only_with_shortcuts(counted_launches, monkeypatch, shortcuts):
     """02_torchrun's test cells make 8 check calls over one module: fewer launches when they share."""
     monkeypatch.setenv(SHORTCUTS_ENV, shortcuts)
-    course = harness.load_course()
+    course = load_course()
     a = course.assignment("02_torchrun")
     source = json.loads((course_root() / "source" / a.id / a.notebook).read_text())
     checked = reverify(source, source, a)
     assert all(r.points == r.max_points for r in checked.exercises.values())
     calls = len(checked.verdicts)
+    hidden = [v for r in checked.exercises.values() for v in r.verdicts if v["hidden"]]
+    assert hidden and len(hidden) < calls   # the hidden calls are marked as such
     if shortcuts == "off":
         assert all(len(ids) == 1 for ids in counted_launches) and len(counted_launches) == calls
     else:

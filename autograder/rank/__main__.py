@@ -1,4 +1,4 @@
-"""The rank driver: `python -I -m autograder.rank JOB_DIR`, in every torchrun rank of a check (or alone).
+"""The rank driver: `main(JOB_DIR)` in every torchrun rank of a check (or alone); see session.Job._command.
 
 It connects to the harness over JOB_DIR/socket, says which rank it is, and then only
 does what the harness asks, one message at a time: import the learner's module, run a

@@ -1,0 +1,132 @@
+"""Feedback pages the grader writes: the trusted verdicts on top, then the student's notebook, made harmless.
+
+Everything from the submission is untrusted: outputs keep only plain text and PNG images
+(no HTML, JavaScript, SVG or widgets), each cut to a size; markdown is cleaned to a short
+list of tags and attributes (no script, no event handlers, no iframes); the whole page is
+capped. The verdicts render themselves escaped (verdict.Verdict.to_html).
+"""
+from __future__ import annotations
+
+import base64
+import copy
+import html
+import json
+import re
+
+TEXT_BYTES = 20_000          # per text output
+IMAGE_BYTES = 400_000        # per PNG (base64)
+PAGE_BYTES = 4 * 2**20       # the whole page
+TAGS = ["a", "abbr", "b", "blockquote", "br", "code", "del", "details", "div", "em", "h1", "h2", "h3", "h4", "h5",
+        "h6", "hr", "i", "img", "kbd", "li", "ol", "p", "pre", "span", "strong", "sub", "summary", "sup", "table",
+        "tbody", "td", "th", "thead", "tr", "ul"]
+ATTRIBUTES = {"a": ["href", "title"], "img": ["src", "alt", "title", "width", "height"], "*": ["class", "align"]}
+PROTOCOLS = ["http", "https", "mailto"]
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + f"\n[... {len(text) - limit:,} more characters cut]"
+
+
+def _text(value) -> str:
+    return "".join(value) if isinstance(value, list) else str(value)
+
+
+def _clean_output(output: dict) -> dict | None:
+    kind = output.get("output_type")
+    if kind == "stream":
+        return {"output_type": "stream", "name": "stderr" if output.get("name") == "stderr" else "stdout",
+                "text": _cut(_text(output.get("text", "")), TEXT_BYTES)}
+    if kind == "error":
+        return {"output_type": "error", "ename": _cut(str(output.get("ename", "")), 200),
+                "evalue": _cut(str(output.get("evalue", "")), 2000),
+                "traceback": [_cut(_text(t), 4000) for t in (output.get("traceback") or [])[:50]]}
+    if kind in ("display_data", "execute_result"):
+        data = output.get("data") or {}
+        kept = {}
+        png = _text(data.get("image/png", ""))
+        if png and len(png) <= IMAGE_BYTES and re.fullmatch(r"[A-Za-z0-9+/=\s]+", png):
+            try:
+                base64.b64decode(png, validate=False)
+                kept["image/png"] = png
+            except ValueError:
+                pass
+        if "text/plain" in data:
+            kept["text/plain"] = _cut(_text(data["text/plain"]), TEXT_BYTES)
+        if not kept:
+            return None
+        out = {"output_type": kind, "data": kept, "metadata": {}}
+        if kind == "execute_result":
+            out["execution_count"] = output.get("execution_count")
+        return out
+    return None
+
+
+def sanitize(notebook: dict) -> dict:
+    """A copy of the notebook that renders without any markup or script the student wrote."""
+    import bleach
+
+    nb = copy.deepcopy(notebook)
+    cells = []
+    for cell in nb.get("cells", []) if isinstance(nb.get("cells"), list) else []:
+        if not isinstance(cell, dict):
+            continue
+        kind = cell.get("cell_type")
+        source = _cut(_text(cell.get("source", "")), 100_000)
+        if kind == "markdown":
+            cells.append({"cell_type": "markdown", "metadata": {}, "source":
+                          bleach.clean(source, tags=TAGS, attributes=ATTRIBUTES, protocols=PROTOCOLS, strip=False)})
+        elif kind == "code":
+            outputs = [o for o in (_clean_output(x) for x in cell.get("outputs") or [] if isinstance(x, dict)) if o]
+            cells.append({"cell_type": "code", "metadata": {}, "source": source, "outputs": outputs,
+                          "execution_count": cell.get("execution_count") if isinstance(cell.get("execution_count"),
+                                                                                       int) else None})
+        else:
+            cells.append({"cell_type": "raw", "metadata": {}, "source": source})
+    return {"cells": cells, "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                        "language": "python"},
+                                         "language_info": {"name": "python"}}, "nbformat": 4, "nbformat_minor": 5}
+
+
+def render(title: str, summary_html: str, notebook: dict | None) -> str:
+    """The page: a summary (already escaped by its makers) and the sanitised notebook, capped at PAGE_BYTES."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    body = ""
+    if notebook is not None:
+        try:
+            nb = nbformat.from_dict(sanitize(notebook))
+            body, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
+        except Exception as exc:   # noqa: a notebook nbconvert cannot render still gets its verdicts
+            body = f"<p>The notebook could not be rendered ({html.escape(type(exc).__name__)}).</p>"
+    head = (f"<div style='border:2px solid #444;padding:8px;margin:8px;font-family:sans-serif'>"
+            f"<h2>{html.escape(title)}</h2>{summary_html}</div>")
+    if not body:
+        page = f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>" \
+               f"<body>{head}<p>No notebook to show.</p></body></html>"
+    else:
+        page = re.sub(r"(<body[^>]*>)", lambda m: m[1] + head, body, count=1)
+    if len(page.encode()) > PAGE_BYTES:
+        page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>"
+                f"<body>{head}<p>The notebook's rendering was over {PAGE_BYTES // 2**20} MiB and is not shown: its "
+                f"outputs are too large.</p></body></html>")
+    return page
+
+
+def summary(record, verdicts: dict[str, list[dict]]) -> str:
+    """Points per exercise, flags, and each trusted verdict (escaped) of the re-verification."""
+    from .verdict import Verdict
+
+    rows = "".join(f"<tr><td>{html.escape(g)}</td><td>{p:g}</td></tr>" for g, p in record.points.items())
+    parts = [f"<p><b>Total: {sum(record.points.values()):g}</b></p>",
+             f"<table><tr><th>exercise</th><th>points</th></tr>{rows}</table>"]
+    if record.flags:
+        parts.append("<ul>" + "".join(f"<li>{html.escape(f)}</li>" for f in record.flags) + "</ul>")
+    for grade_id, raws in verdicts.items():
+        for raw in raws:
+            parts.append(Verdict.from_dict(raw).to_html(figure=False))
+    return "\n".join(parts)
+
+
+def dumps(obj) -> str:
+    return json.dumps(obj)

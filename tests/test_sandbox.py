@@ -1,0 +1,122 @@
+"""The sandbox every learner process runs in while grading (and wherever bubblewrap works): what it hides,
+what it refuses, and that nothing survives it. Small commands in the sandbox, no torch.
+
+These tests fail, never skip, where no sandbox can be made: CI must have one (`make setup` installs it).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from autograder import sandbox
+from autograder.config import course_root
+from autograder.jobfolder import JobFolder
+from conftest import require_sandbox
+
+
+@pytest.fixture
+def run(tmp_path):
+    """Run Python code in a rank sandbox (view "rank", or "kernel"); (returncode, stdout + stderr)."""
+    require_sandbox()
+    folders: list[JobFolder] = []
+
+    def _run(code: str, *, view: str = "rank", timeout: float = 60, scratch_bytes: int = 64 * 2**20):
+        job = JobFolder.create("sbx", 1, owner=sandbox.Sandbox.owner())
+        folders.append(job)
+        inner = [sys.executable, "-I", "-c", code]
+        cmd = sandbox.Sandbox(package=view).command(inner, env={"PATH": "/usr/bin:/bin", "HOME": str(job.scratch)},
+                                                    readable=[job.path], scratch=job.scratch,
+                                                    scratch_bytes=scratch_bytes, chdir=job.scratch,
+                                                    writable_files=[job.log(0)])
+        groups = sandbox.cgroups()
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                                  preexec_fn=lambda: sandbox.join(groups))
+        finally:
+            sandbox.kill_and_remove(groups)
+        return done.returncode, done.stdout + done.stderr
+
+    yield _run
+    for job in folders:
+        job.remove()
+
+
+def test_the_course_home_and_other_folders_are_hidden(run):
+    code = (f"import os; print(sorted(os.listdir({str(course_root())!r})), os.path.exists({str(course_root() / 'source')!r}),"
+            f" os.listdir(os.path.expanduser('~root')) if os.path.exists(os.path.expanduser('~root')) else None)")
+    rc, out = run(code)
+    assert rc == 0, out
+    assert "False" in out and "'source'" not in out and "'release'" not in out
+
+
+def test_the_rank_side_is_importable_and_the_checks_are_not(run):
+    rc, out = run("import autograder.rank.wire\ntry:\n    import autograder.checks\nexcept ImportError as e:\n"
+                  "    print('hidden:', type(e).__name__)")
+    assert rc == 0 and "hidden: ModuleNotFoundError" in out, out
+
+
+def test_the_kernel_sees_the_checks_but_not_their_references(run):
+    rc, out = run("import autograder.checks.concepts.memory as m\nfrom pathlib import Path\n"
+                  "try:\n    print('read', len(Path(m.__file__).with_name('reference.py').read_text()))\n"
+                  "except OSError as e:\n    print('refused', type(e).__name__)\n"
+                  "try:\n    from autograder.checks.concepts import reference\n    print(reference.memory(1))\n"
+                  "except Exception as e:\n    print('no reference', type(e).__name__)", view="kernel")
+    assert rc == 0 and ("read 0" in out or "refused" in out) and "no reference" in out, out
+
+
+def test_the_install_is_read_only(run):
+    import autograder
+
+    target = Path(autograder.__file__)
+    rc, out = run(f"open({str(target)!r}, 'a').write('# persisted')")
+    assert rc != 0 and ("Read-only file system" in out or "Permission denied" in out), out
+    assert "# persisted" not in target.read_text()
+
+
+def test_only_its_own_processes_and_loopback_are_visible(run):
+    rc, out = run("import os, socket\nprint('pids', sorted(int(p) for p in os.listdir('/proc') if p.isdigit()))\n"
+                  "print('ifaces', sorted(name for _, name in socket.if_nameindex()))")
+    assert rc == 0, out
+    pids = eval(out.split("pids", 1)[1].splitlines()[0])
+    assert max(pids) < 50 and os.getpid() not in pids          # a PID namespace of its own
+    assert "ifaces ['lo']" in out
+
+
+def test_a_full_scratch_folder_is_a_clean_error_not_a_full_disk(run):
+    code = ("n = 0\ntry:\n    while True:\n        open(f'f{n}', 'wb').write(b'x' * 2**20)\n        n += 1\n"
+            "except OSError as e:\n    print('stopped after', n, 'MiB:', e.strerror)")
+    rc, out = run(code, scratch_bytes=16 * 2**20)
+    assert rc == 0 and "No space left on device" in out and int(out.split("after ")[1].split()[0]) <= 16, out
+
+
+def test_a_daemon_that_left_the_session_dies_with_the_sandbox(run):
+    marker = f"DAEMON-{uuid.uuid4().hex[:8]}"
+    rc, out = run("import subprocess\nsubprocess.Popen(['env', '-i', 'setsid', 'python3', '-c', "
+                  f"'import time; time.sleep(120)  # {marker}'])\nprint('spawned')")
+    assert rc == 0 and "spawned" in out, out
+    time.sleep(0.5)
+    alive = [p for p in os.listdir("/proc") if p.isdigit() and marker.encode() in _cmdline(p)]
+    assert alive == []
+
+
+def _cmdline(pid: str) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def test_processes_are_limited(run):
+    if not sandbox.cgroups_available():
+        pytest.skip("no writable pids cgroup here (not root): the time limit and namespaces still apply")
+    code = ("import os\nn = 0\ntry:\n    for _ in range(2000):\n        if os.fork() == 0:\n"
+            "            import time; time.sleep(30); os._exit(0)\n        n += 1\n"
+            "except OSError as e:\n    print('forks refused after', n)")
+    rc, out = run(code)
+    assert "forks refused after" in out and int(out.split("after ")[1].split()[0]) < sandbox.PROCESSES, out
