@@ -97,6 +97,15 @@ def _data(args) -> int:
     return EXIT_PASS
 
 
+def _gpu_proof(args) -> int:
+    from .gpuproof import one_screen, run
+
+    summary = run(args.out, gpus=args.gpus, profile=args.profile, quick=args.quick, dry_run=args.dry_run)
+    print(one_screen(summary))
+    print(f"everything is in {args.out}/ (summary.json, logs/, notebooks/)")
+    return EXIT_PASS if summary["passed"] else EXIT_FAIL
+
+
 def _bench(args) -> int:
     from .bench import main as bench
 
@@ -161,6 +170,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("names", nargs="*", help="benchmarks to run: floor, ddp, pipeline, fsdp (the default: all four), "
                                             "grading, throughput (long: only when named)")
     b.set_defaults(run=_bench)
+
+    gp = sub.add_parser("gpu-proof", help="prove the course on this (GPU) host: solutions pass, mistakes fail, "
+                                          "measured figures, every notebook; everything written to one folder")
+    gp.add_argument("--out", default="gpu-proof", help="the folder for summary.json, logs and executed notebooks")
+    gp.add_argument("--gpus", type=int, help="GPUs to use (default: all that are visible)")
+    gp.add_argument("--profile", choices=["cpu", "gpu"], help="default: gpu when a GPU is visible, else cpu")
+    gp.add_argument("--quick", action="store_true", help="a short subset (the first graded assignment, one notebook)")
+    gp.add_argument("--dry-run", action="store_true", help="plan every step and check the plan; run nothing")
+    gp.set_defaults(run=_gpu_proof)
     return p
 
 

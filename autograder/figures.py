@@ -1,10 +1,15 @@
 """Pictures drawn from a verdict's `details`: speed-up bars, pipeline timelines, per-rank memory.
 
 The schemas (filled by the checks, drawn here, shown by the widget and the notebooks):
-- details["speedup"]  = {"measured": x, "ideal": x, "threshold": x, "label": "2 ranks vs 1"}
+- details["speedup"]  = {"measured": x, "ideal": x, "threshold": x, "label": "2 ranks vs 1",
+                         "reference": x (optional: the reference solution's speed-up in the same run)}
 - details["timeline"] = {"schedules": {"GPipe": [[rank, "F"|"B", microbatch, start_s, end_s], ...], ...},
                          "bubble": {"GPipe": {"measured": f, "formula": f}, ...}}
-- details["memory"]   = {"ranks": [0, 1], "bytes": {"DDP": [b0, b1], "FSDP": [b0, b1]}}
+- details["memory"]   = {"ranks": [0, 1], "bytes": {"DDP": [b0, b1], "FSDP": [b0, b1]},
+                         "unit": "MiB" | "KiB" (optional), "title": str (optional)}
+- details["overlap"]  = {"timelines": {"naive": [[row, "forward"|"backward"|"all-reduce", start_s, end_s], ...], ...},
+                         "seconds": {"naive": step_s, ...} (optional), "note": str (optional),
+                         "speedup": {"yours": x, "reference": x, "no_overlap": x (optional), "threshold": x} (optional)}
 """
 from __future__ import annotations
 
@@ -24,9 +29,11 @@ def _figure(width: float, height: float):
 
 
 def draw_speedup(ax, data: dict) -> None:
-    names = ["measured", "ideal"]
-    values = [data["measured"], data["ideal"]]
-    bars = ax.bar(names, values, color=["#2f6fb0", "#bbbbbb"])
+    names, values, colors = ["measured"], [data["measured"]], ["#2f6fb0"]
+    if "reference" in data:   # what the course's own solution reached on this machine, in the same run
+        names, values, colors = ["yours", "reference"], values + [data["reference"]], colors + ["#7a9cc6"]
+    names, values, colors = names + ["ideal"], values + [data["ideal"]], colors + ["#bbbbbb"]
+    bars = ax.bar(names, values, color=colors)
     ax.bar_label(bars, labels=[f"{v:.2f}x" for v in values])
     ax.set_ylim(0, max(values) * 1.15)
     if "threshold" in data:
@@ -76,17 +83,49 @@ def draw_timeline(axes, data: dict) -> None:
 def draw_memory(ax, data: dict) -> None:
     ranks = data["ranks"]
     series = data["bytes"]
+    unit = data.get("unit", "MiB")
+    scale = {"MiB": 2**20, "KiB": 2**10, "B": 1}.get(unit, 2**20)
     width = 0.8 / len(series)
     for i, (name, values) in enumerate(series.items()):
         xs = [r + i * width for r in ranks]
-        bars = ax.bar(xs, [v / 2**20 for v in values], width, label=name)
+        bars = ax.bar(xs, [v / scale for v in values], width, label=name)
         ax.bar_label(bars, fmt="%.2f", fontsize=7)
     ax.set_xticks([r + width * (len(series) - 1) / 2 for r in ranks], [f"rank {r}" for r in ranks])
-    ax.set_ylabel("MiB per rank")
-    ax.set_title("parameters + gradients + optimizer state", fontsize=9)
-    top = max(v for values in series.values() for v in values) / 2**20
+    ax.set_ylabel(f"{unit} per rank")
+    ax.set_title(data.get("title", "parameters + gradients + optimizer state"), fontsize=9)
+    top = max(v for values in series.values() for v in values) / scale
     ax.set_ylim(0, top * 1.35)  # headroom: the legend sits above the bars, not on their labels
     ax.legend(loc="upper center", ncol=len(series), fontsize=8)
+
+
+def draw_overlap(axes, data: dict) -> None:
+    """One panel per run, on one time axis: a "compute" row (forward, backward) above one row per all-reduce
+    (or per bucket); an all-reduce bar that sits under the backward bar is communication hidden by compute."""
+    colors = {"forward": "#2f6fb0", "backward": "#e0a030", "all-reduce": "#3a9a5b"}
+    spans = [max(e[3] for e in ev) - min(e[2] for e in ev) for ev in data["timelines"].values() if ev]
+    longest = max(spans, default=1.0) or 1.0
+    for ax, (name, events) in zip(axes, data["timelines"].items()):
+        rows = list(dict.fromkeys(e[0] for e in events))
+        t0 = min((e[2] for e in events), default=0.0)
+        for row, kind, start, end in events:
+            ax.barh(rows.index(row), max(end - start, longest / 400), left=start - t0, height=0.7,
+                    color=colors.get(kind, "#888"), edgecolor="white", linewidth=0.5)
+        ax.set_yticks(range(len(rows)), rows, fontsize=7)
+        ax.set_ylim(len(rows) - 0.4, -0.6)
+        ax.set_xlim(0, longest * 1.02)
+        seconds = data.get("seconds", {}).get(name)
+        ax.set_title(name + (f": step {1000 * seconds:.0f} ms" if seconds else ""), fontsize=9, loc="left")
+    axes[-1].set_xlabel("ms since the step began (blue: forward, orange: backward, green: all-reduce in flight)")
+    for ax in axes:
+        ax.xaxis.set_major_formatter(lambda x, _: f"{1000 * x:.0f}")
+    speed = data.get("speedup")
+    title = data.get("note", "")
+    if speed:
+        title = (f"bucketed vs naive: yours {speed['yours']:.2f}x, reference {speed['reference']:.2f}x"
+                 + (f", no overlap {speed['no_overlap']:.2f}x" if "no_overlap" in speed else "")
+                 + f", pass line {speed['threshold']:.2f}x" + (f"\n{title}" if title else ""))
+    if title:
+        axes[0].figure.suptitle(title, fontsize=9)
 
 
 def render(verdict: Verdict):
@@ -98,6 +137,15 @@ def render(verdict: Verdict):
         fig.clf()
         axes = fig.subplots(n, 1, squeeze=False)[:, 0]
         draw_timeline(list(axes), d["timeline"])
+    elif "overlap" in d:
+        n = len(d["overlap"]["timelines"])
+        rows = sum(len({e[0] for e in ev}) for ev in d["overlap"]["timelines"].values())
+        fig, axes = _figure(8, 0.9 + 0.6 * n + 0.22 * rows)
+        fig.clf()
+        axes = fig.subplots(n, 1, squeeze=False,
+                            gridspec_kw={"height_ratios": [max(1, len({e[0] for e in ev}))
+                                                           for ev in d["overlap"]["timelines"].values()]})[:, 0]
+        draw_overlap(list(axes), d["overlap"])
     elif "speedup" in d:
         fig, ax = _figure(4, 3)
         draw_speedup(ax, d["speedup"])

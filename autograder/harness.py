@@ -357,6 +357,9 @@ def _run(plan: Plan) -> list[Verdict | None]:
                 break   # a companion without data: checked when it is asked for
         plan = Plan(plan.path, plan.profile, plan.world_size, plan.nnodes, plan.calls[:len(prepared)], plan.time_limit)
         failed = job.ready(plan.limit(first))
+        if failed is None:   # the group and the rank parts, outside the first task: its seconds are its own
+            failed = job.prepare(plan.limit(first), parts=sorted({c.check.rank_part for c in plan.calls}),
+                                 group=not plan.local and first.check.group == "harness")
         if failed is not None:
             verdicts[0] = failure_verdict(job, failed, first.check, plan.limit(first), {**base, "seconds": round(failed.seconds, 2)})
             return verdicts

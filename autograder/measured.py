@@ -20,6 +20,7 @@ pass line is the floor (a self-check, not a grade).
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -184,6 +185,29 @@ def run_measured(plan, call, base: dict) -> Verdict:
     return Verdict(passed=True, message=summary, details=details, **base)
 
 
+def cpu_seconds(job: Job) -> float:
+    """CPU time (user + system, reaped children included) of every process under the job's launcher, read from
+    the kernel's /proc, not asked of the processes. In the sandbox every process of the job is below it, so a
+    check can tell whether a job it is not running stays idle (no background work slowing the other job)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = {}
+    cpu: dict[int, float] = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry))   # fields[1]: the parent's pid
+        cpu[int(entry)] = sum(int(x) for x in fields[11:15]) / ticks    # utime stime cutime cstime
+    todo, total = [job.proc.pid] if job.proc is not None else [], 0.0
+    while todo:
+        pid = todo.pop()
+        total += cpu.get(pid, 0.0)
+        todo += children.get(pid, [])
+    return total
+
+
 def _close_jobs(m: Measurement) -> None:
     for job in m.jobs:
         job.close()
@@ -191,4 +215,4 @@ def _close_jobs(m: Measurement) -> None:
 
 
 __all__ = ["CheckFailed", "Inconclusive", "JobFailed", "Measurement", "ReferenceFailed", "calibrated",
-           "rotations", "run_measured", "self_baseline"]
+           "cpu_seconds", "rotations", "run_measured", "self_baseline"]

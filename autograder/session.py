@@ -204,6 +204,15 @@ class Job:
         result = self._exchange("import", [{"do": "import"}] * self.world_size, deadline, self.started_at)
         return None if result.complete else result
 
+    def prepare(self, time_limit: float, *, parts: list[str] = (), group: bool = False) -> TaskResult | None:
+        """Before the first task, in every rank: create the process group (group=True; tasks with group="harness"
+        reuse it) and import the rank parts `parts` (course code; a part module may warm up when imported),
+        so that the first task's time is its own. A TaskResult if that failed."""
+        started = time.monotonic()
+        message = {"do": "prepare", "time_limit": time_limit, "parts": list(parts), "group": group}
+        result = self._exchange("prepare", [message] * self.world_size, started + time_limit, started)
+        return None if result.complete else result
+
     # -------------------------------------------------------------- tasks
     def run(self, part: str, inputs: list[Any], *, group: str = "harness", time_limit: float,
             measure_memory: bool = False) -> TaskResult:

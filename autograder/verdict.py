@@ -11,7 +11,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-FIGURE_KEYS = ("speedup", "timeline", "memory")   # pictures a verdict can carry in `details` (figures.py)
+FIGURE_KEYS = ("speedup", "timeline", "memory", "overlap")   # pictures a verdict can carry in `details` (figures.py)
 
 
 class CheckFailed(Exception):

@@ -59,8 +59,20 @@ def _in_notebook() -> bool:
     return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
 
 
+def _launched_from_notebook() -> bool:
+    """True in a process that a Jupyter kernel started, e.g. a rank of a `!torchrun` cell.
+
+    Its stderr is the kernel's pseudo-terminal (IPython runs `!` commands under pexpect),
+    so it looks like a terminal, but the cell keeps every redraw of a bar as one more line.
+    jupyter_client exports JPY_PARENT_PID to the kernel, ipykernel sets MPLBACKEND to its
+    inline backend, and the kernel's children inherit both.
+    """
+    return ("JPY_PARENT_PID" in os.environ
+            or os.environ.get("MPLBACKEND", "").startswith("module://matplotlib_inline"))
+
+
 def show_progress(requested: bool = True) -> bool:
-    """Whether to draw a progress bar: only if `requested`, and only in a Jupyter kernel or on a terminal.
+    """Whether to show progress: only if `requested`, and only in a Jupyter kernel or on a terminal.
 
     Never in logs (stderr not a terminal) nor while nbgrader executes a notebook, where bars
     would only clutter the output.
@@ -70,12 +82,82 @@ def show_progress(requested: bool = True) -> bool:
     return _in_notebook() or sys.stderr.isatty()
 
 
+LINE_INTERVAL = 30.0   # seconds between two progress lines of a process launched from a notebook
+
+
+class LineProgress:
+    """tqdm's interface as used here (iterate, update, set_postfix, close, disable), printed as whole lines.
+
+    For processes launched from a notebook cell: at most one line every `interval` seconds while
+    it runs and one when it ends, so an epoch of a `!torchrun` cell adds one line (two if it lasts
+    more than `interval`), where a tqdm bar would add one for every redraw (~10 per second).
+    """
+
+    def __init__(self, iterable: Iterable | None = None, *, desc: str = "", total: int | None = None,
+                 unit: str = "it", interval: float = LINE_INTERVAL, file=None):
+        self.iterable, self.desc, self.unit, self.interval = iterable, desc, unit, interval
+        self.total = total if total is not None else _len(iterable) if iterable is not None else None
+        self.file = file
+        self.n = 0
+        self.disable = False
+        self.postfix = ""
+        self.start = self.last = time.perf_counter()
+        self._closed = False
+
+    def __iter__(self):
+        try:
+            for item in self.iterable:
+                yield item
+                self.update(1)
+        finally:
+            self.close()
+
+    def __len__(self) -> int:
+        return self.total if self.total is not None else len(self.iterable)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        now = time.perf_counter()
+        if now - self.last >= self.interval and not self._closed:
+            self._print(now)
+
+    def set_postfix(self, ordered_dict=None, refresh: bool = True, **kwargs) -> None:
+        items = {**(ordered_dict or {}), **kwargs}
+        self.postfix = ", ".join(f"{k}={v}" for k, v in items.items())
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._print(time.perf_counter())
+
+    def _print(self, now: float) -> None:
+        from tqdm import tqdm
+
+        self.last = now
+        line = tqdm.format_meter(self.n, self.total, now - self.start, prefix=self.desc, unit=self.unit,
+                                 postfix=self.postfix or None)
+        print(line, file=self.file or sys.stderr, flush=True)
+
+
 def progress_bar(iterable: Iterable, *, desc: str = "", total: int | None = None, enabled: bool = True,
                  leave: bool = False, unit: str = "batch"):
-    """A tqdm bar (the notebook widget in Jupyter, text on a terminal), or a silent pass-through."""
+    """A progress display that suits where the output goes, or a silent pass-through.
+
+    In a Jupyter kernel, tqdm's notebook widget; on a terminal, a tqdm bar redrawn in place; in a
+    process launched from a notebook cell (`!torchrun ...`), whole lines (`LineProgress`); in logs
+    and under nbgrader, nothing. All four have tqdm's `update`, `set_postfix`, `close`, `disable`.
+    """
     if _in_notebook():
         from tqdm.auto import tqdm          # the widget bar; tqdm.auto costs an IPython import elsewhere
     else:
+        if show_progress(enabled) and _launched_from_notebook():
+            return LineProgress(iterable, desc=desc, total=total, unit=unit)
         from tqdm import tqdm
 
     return tqdm(iterable, desc=desc, total=total, leave=leave, unit=unit, disable=not show_progress(enabled))
@@ -93,7 +175,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, opti
     meter = ImagesPerSecond(device)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
-    bar = progress_bar(loader, desc=desc, total=_len(loader), enabled=progress)
+    total = _len(loader)
+    bar = progress_bar(loader, desc=desc, total=total, enabled=progress)
     for step, (images, labels) in enumerate(bar):
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
@@ -105,7 +188,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, opti
         loss_sum += loss.detach() * len(labels)
         correct += (logits.argmax(dim=1) == labels).sum()
         meter.update(len(labels))
-        if not bar.disable and step % 10 == 0:   # reading the loss syncs: only every 10 steps
+        if not bar.disable and (step % 10 == 0 or step + 1 == total):   # reading the loss syncs: every 10 steps
             bar.set_postfix(loss=f"{loss_sum.item() / meter.images:.3f}", img_s=f"{meter.rate:,.0f}")
     seconds = meter.seconds
     n = max(meter.images, 1)

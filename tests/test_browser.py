@@ -52,10 +52,10 @@ JUPYTER_FILES = {
 
 def learner_module() -> str:
     """The reference torchrun_basics.py with global_mean() put back to the released stub."""
-    solution = solution("02_torchrun", "torchrun_basics.py").read_text()
-    start, end = solution.index("def global_mean("), solution.index("def gather_all(")
+    text = solution("02_torchrun", "torchrun_basics.py").read_text()
+    start, end = text.index("def global_mean("), text.index("def gather_all(")
     stub = "def global_mean(t):\n    # YOUR CODE HERE\n    raise NotImplementedError()\n\n\n"
-    return solution[:start] + stub + solution[end:]
+    return text[:start] + stub + text[end:]
 
 
 def jupyter_env(home: Path, tag: str) -> dict[str, str]:

@@ -179,14 +179,24 @@ def test_volume_names_do_not_depend_on_the_clone_folder():
 # --------------------------------------------------------------------------- the image
 
 
-def test_image_installs_the_course_with_make_setup():
+def test_image_installs_the_student_pack_with_make_setup():
+    """Stage 1 writes the student pack from the repository; the image students get starts from a clean base,
+    copies only the pack, and installs it with the pack's own `make setup` (its Makefile, requirements and
+    pyproject come with it)."""
     steps = dockerfile()
-    runs = [args for op, args in steps if op == "RUN"]
+    starts = [i for i, (op, _) in enumerate(steps) if op == "FROM"]
+    assert len(starts) == 2, "two stages: the pack, then the students' image"
+    builder, image = steps[starts[0]:starts[1]], steps[starts[1]:]
+    assert any("student-pack" in args for op, args in builder if op == "RUN")
+    copies = [args for op, args in image if op == "COPY"]
+    assert copies and all("--from=pack" in c for c in copies), copies
+    runs = [args for op, args in image if op == "RUN"]
     assert any(re.search(r"\bmake setup\b", r) for r in runs), runs
-    assert not any(re.search(r"\bpip3? install\b|\bpython3? -m pip\b", r) for r in runs), \
+    assert not any(re.search(r"\bpip3? install\b|\bpython3? -m pip\b", r) for op, r in steps if op == "RUN"), \
         "the image must install the course only through `make setup`, as the README does"
-    copied = " ".join(args for op, args in steps if op == "COPY")
-    assert "requirements.txt" in copied and "pyproject.toml" in copied and "Makefile" in copied
+    assert (REPO / "pack" / "Makefile").is_file()
+    packed = (REPO / "autograder" / "studentpack.py").read_text()
+    assert '"requirements.txt", "pyproject.toml"' in packed
 
 
 def test_readme_commands_set_up_through_the_same_target():

@@ -1,41 +1,45 @@
-"""04_ddp checks: the notebook's reference passes every variant; each typical mistake fails with a hint naming it.
+"""04_ddp checks: the notebook's reference passes every variant; each typical mistake fails with a hint naming it;
+forged rank parts, a stretched baseline and grading-only forgeries get no pass.
 
 All ranks run on CPUs with gloo (the cpu profile). The reference is the source notebook's own
-%%writefile cells, so the tests always grade what the notebook ships.
+%%writefile cells (conftest's `solution`), so the tests always grade what the notebook ships.
 """
 from __future__ import annotations
 
-import json
-import math
+import shutil
 from pathlib import Path
 
 import pytest
 
 from autograder import run_check
-from autograder.checks import RankOutcome, Run, get
-from autograder.config import course_root
+from autograder.checks import Run, Trial, get
+from autograder.checks.ddp import train
 from autograder.harness import VerdictCache
 from autograder.measure import pair_order, paired_speedup, summarize
-from autograder.reverify import writefile_cells
+from autograder.session import RankOutcome
 from autograder.verdict import CheckFailed
-from conftest import control
+from conftest import control, solution
 
 PARTS = ("ddp.init", "ddp.data", "ddp.wrap", "ddp.metrics", "ddp.checkpoint")
 
 
-@pytest.fixture(scope="session")
-def reference(tmp_path_factory) -> Path:
-    """A folder with the source notebook's ddp_parts.py and ddp_train.py."""
-    folder = tmp_path_factory.mktemp("ddp_reference")
-    notebook = json.loads((course_root() / "source" / "04_ddp" / "04_ddp.ipynb").read_text())
-    for name, text in writefile_cells(notebook).items():
-        (folder / name).write_text(text)
-    assert (folder / "ddp_parts.py").is_file() and (folder / "ddp_train.py").is_file()
-    return folder
+def _parts() -> Path:
+    return solution("04_ddp", "ddp_parts.py")
+
+
+def _script() -> Path:
+    return solution("04_ddp", "ddp_train.py")
 
 
 def _control(name: str) -> Path:
     return control("ddp", name)
+
+
+def _folder(tmp_path: Path, **files: Path) -> Path:
+    """A learner's folder: each keyword's file copied under that name (ddp_parts=..., ddp_train=...)."""
+    for name, source in files.items():
+        shutil.copyfile(source, tmp_path / f"{name}.py")
+    return tmp_path
 
 
 # ------------------------------------------------------------------ the reference passes
@@ -43,13 +47,13 @@ def _control(name: str) -> Path:
 @pytest.mark.slow
 @pytest.mark.parametrize("overrides", [{}, {"world_size": 3}, {"world_size": 1}],
                          ids=["2 ranks", "3 ranks", "1 rank"])
-def test_reference_parts_pass(reference, overrides):
+def test_reference_parts_pass(overrides):
     """All five ddp_parts checks in one launch per world size (the cache runs them as companions)."""
     cache = VerdictCache()
-    first = run_check("ddp.init", module=reference / "ddp_parts.py", cache=cache, **overrides)
+    first = run_check("ddp.init", module=_parts(), cache=cache, **overrides)
     assert first.passed, first.to_text()
     for exercise in PARTS[1:]:
-        v = run_check(exercise, module=reference / "ddp_parts.py", cache=cache, **overrides)
+        v = run_check(exercise, module=_parts(), cache=cache, **overrides)
         assert v.passed, v.to_text()
 
 
@@ -58,27 +62,27 @@ def test_reference_parts_pass(reference, overrides):
     ("ddp.data", {"world_size": 2, "nnodes": 2, "size": 31, "batch_size": 5}),   # RANK != LOCAL_RANK
     ("ddp.wrap", {"world_size": 3, "seed": 5}),
 ])
-def test_reference_passes_other_variants(reference, exercise, overrides):
-    v = run_check(exercise, module=reference / "ddp_parts.py", **overrides)
+def test_reference_passes_other_variants(exercise, overrides):
+    v = run_check(exercise, module=_parts(), **overrides)
     assert v.passed, v.to_text()
 
 
 @pytest.mark.slow
-def test_reference_script_trains_on_one_rank(reference):
-    """One rank: correctness only (shares, DDP, metrics, checkpoint); no speed-up to measure."""
-    v = run_check("ddp.train", module=reference / "ddp_train.py", world_size=1, images=100)
+def test_reference_script_trains_on_one_rank():
+    """One rank: correctness only (the learner's weights against the reference's, metrics, checkpoint)."""
+    v = run_check("ddp.train", module=_script(), world_size=1, images=100)
     assert v.passed and "speed-up needs 2 or more ranks" in v.message, v.to_text()
 
 
 @pytest.mark.timing
-def test_reference_script_is_faster_on_two_ranks(reference):
-    """Passes the pass line; a retry (at most two) only when the check found the machine busy with other jobs."""
+def test_reference_script_is_faster_on_two_ranks():
+    """Passes the pass line; re-run (at most twice) only while the check finds the machine too busy to decide."""
     for attempt in range(3):
-        v = run_check("ddp.train", module=reference / "ddp_train.py", world_size=2)
+        v = run_check("ddp.train", module=_script(), world_size=2)
         speed = v.details["speedup"]
-        print(f"\nreference speed-up {speed['measured']:.2f}x (pairs {speed['ratios']}, busy {speed['busy']:.0%}), "
-              f"check {v.seconds:.0f} s")
-        if v.passed or "machine was busy" not in v.message:
+        print(f"\nspeed-up {speed['measured']:.2f}x (rounds {speed['ratios']}), reference {speed['reference']:.2f}x "
+              f"(rounds {speed['reference_ratios']}), pass line {speed['threshold']:.2f}x, check {v.seconds:.0f} s")
+        if v.status != "inconclusive":
             break
     assert v.passed, v.to_text()
     assert speed["measured"] >= speed["threshold"] and speed["ideal"] == 2
@@ -117,10 +121,10 @@ def test_mistake_is_rejected_with_a_hint_that_names_it(exercise, mistake, overri
 
 
 @pytest.fixture
-def whole_dataset_script(reference, tmp_path) -> Path:
+def whole_dataset_script(tmp_path) -> Path:
     """The reference script with one mistake: a plain shuffling DataLoader, so every rank trains on everything."""
-    (tmp_path / "ddp_parts.py").write_text((reference / "ddp_parts.py").read_text())
-    script = (reference / "ddp_train.py").read_text()
+    _folder(tmp_path, ddp_parts=_parts())
+    script = _script().read_text()
     mistake = {"train_loader = make_train_loader(train_set, args.batch_size)":
                "train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True)",
                "start_epoch(train_loader, epoch)": "pass   # no sampler: nothing to reshuffle"}
@@ -133,46 +137,144 @@ def whole_dataset_script(reference, tmp_path) -> Path:
 
 @pytest.mark.timing
 def test_script_where_every_rank_trains_on_everything_fails(whole_dataset_script):
-    """Named by the images each rank trained on, and the speed-up alone would fail it too."""
+    """Named by the images each rank trained on (its weights are not the reference's), with the speed-up shown:
+    the check stops after the first round, whose speed-up alone would fail it too."""
     v = run_check("ddp.train", module=whole_dataset_script, world_size=2)
-    assert not v.passed, v.to_text()
+    assert not v.passed and v.status == "fail", v.to_text()
     assert "every rank processed the whole dataset" in v.message and "make_train_loader" in v.hint, v.to_text()
     speed = v.details["speedup"]
     assert speed["measured"] < speed["threshold"], speed
-    print(f"\nduplicate-work speed-up {speed['measured']:.2f}x (pairs {speed['ratios']}), "
-          f"pass line {speed['threshold']:.2f}x")
+    print(f"\nduplicate-work speed-up {speed['measured']:.2f}x (rounds {speed['ratios']}), "
+          f"pass line {speed['threshold']:.2f}x, check {v.seconds:.0f} s")
 
 
-# ------------------------------------------------------------------ the speed-up judge, without launching
+# ------------------------------------------------------------------ forgeries
 
-def _timed_runs(rank: int, baseline: float, parallel: float, repeats: int = 3) -> dict:
-    runs, clock = [], 100.0
-    for i, pair in enumerate(pair_order(repeats)):
-        for side in pair:
-            seconds = baseline if side == "a" else parallel
-            clock += seconds + 1
-            if side == "a" and rank > 0:
-                continue   # rank 0 alone runs the 1-rank side
-            runs.append({"tag": f"{side}{i}", "world": 1 if side == "a" else 2, "first": clock,
-                         "end": clock + seconds + 0.01 * rank,   # rank 1 is the slowest
-                         "images": 192, "ddp_forwards": 6, "initial": "x", "final": "y", "argv": []})
-    return {"runs": runs, "cpus": 2,
-            "check": {"reported": [0.5, 1.0], "actual": [0.5, 1.0], "n_val": 96, "checkpoint_matches": True}}
+class TestForgeries:
+    """What the rank side reports is never evidence on its own. Three forgeries prove it:
+
+    (a) forged_parts.py: every function is `pass`, and importing the module swaps the course's rank
+        parts for ones that return canned "passing" outputs. Every ddp check fails: each verdict
+        rests on values computed from the call's secret inputs (a sum over ranks, weights trained
+        on a secret batch, tokens, a checkpoint of secret weights, the reference's training).
+    (b) sleeps_on_one_rank.py: a script that is slow on N ranks and sleeps even longer on one rank,
+        stretching a baseline it would time itself. The baseline is the reference's: no pass.
+    (c) forges_when_grading.py: the notebook's solution, which forges only when the environment
+        looks like grading (NBGRADER_EXECUTION, COURSE_* variables). The ranks get the harness's
+        environment, not the caller's: the verdicts are the same with those variables as without.
+    (d) spins_while_idle.py: the notebook's script plus a thread that burns CPU while main() is not
+        running, slowing the reference's timed runs. The job's CPU time, read from /proc while the
+        reference runs, names it.
+    """
+
+    @pytest.mark.slow
+    def test_forged_rank_parts_fail_every_check(self, tmp_path):
+        folder = _folder(tmp_path, ddp_parts=_control("forged_parts"), ddp_train=_script())
+        cache = VerdictCache()
+        verdicts = {e: run_check(e, module=folder / "ddp_parts.py", cache=cache) for e in PARTS}
+        # Correctness only (one round of the reference's and the learner's N-rank runs): the speed is not the point.
+        verdicts["ddp.train"] = run_check("ddp.train", module=folder / "ddp_train.py", repeats=0)
+        for exercise, v in verdicts.items():
+            assert not v.passed and v.status == "fail", f"{exercise}: {v.to_text()}"
+
+    @pytest.mark.timing
+    def test_script_that_stretches_its_own_baseline_gets_no_pass(self, tmp_path):
+        folder = _folder(tmp_path, ddp_parts=_parts(), reference_train=_script(),
+                         ddp_train=_control("sleeps_on_one_rank"))
+        v = run_check("ddp.train", module=folder / "ddp_train.py", world_size=2)
+        speed = v.details["speedup"]
+        print(f"\nstretched-baseline script: {speed['measured']:.2f}x (rounds {speed['ratios']}), reference "
+              f"{speed['reference']:.2f}x, pass line {speed['threshold']:.2f}x")
+        assert not v.passed and v.status in ("fail", "inconclusive"), v.to_text()
+        assert speed["measured"] < speed["threshold"] and "reference" in speed
+        assert "weights" not in v.message   # it trains correctly: only the speed fails it
+
+    @pytest.mark.slow
+    def test_forgery_that_hides_from_tests_gets_the_same_verdict_when_grading(self, tmp_path, monkeypatch):
+        folder = _folder(tmp_path, ddp_parts=_control("forges_when_grading"), honest_parts=_parts(),
+                         forged_parts=_control("forged_parts"))
+
+        def verdicts() -> dict:
+            cache = VerdictCache()
+            return {e: run_check(e, module=folder / "ddp_parts.py", cache=cache).status for e in PARTS}
+
+        quiet = verdicts()
+        for name, value in {"NBGRADER_EXECUTION": "1", "COURSE_GRADING_TOKEN": "t", "COURSE_NBGRADER_TOKEN": "t",
+                            "COURSE_PROFILE": "cpu", "COURSE_GRADING_SHORTCUTS": "on"}.items():
+            monkeypatch.setenv(name, value)
+        grading = verdicts()
+        assert quiet == grading == {e: "pass" for e in PARTS}, (quiet, grading)
 
 
-@pytest.mark.parametrize("baseline, parallel, passes", [(4.0, 2.1, True), (4.0, 4.0, False), (4.0, 3.5, False)],
-                         ids=["1.9x", "duplicate or serialised 1.0x", "1.14x"])
-def test_speedup_pass_line(baseline, parallel, passes):
-    check = get("ddp.train")
-    run = Run(exercise="ddp.train", world_size=2, params=dict(check.defaults),
-              ranks=tuple(RankOutcome(rank=r, ok=True, result=_timed_runs(r, baseline, parallel)) for r in (0, 1)),
-              thresholds={"min_efficiency": 0.65}, profile="cpu")
-    if passes:
-        summary, details = check.judge(run)
-        assert math.isclose(details["speedup"]["threshold"], 1.3) and details["speedup"]["ideal"] == 2
-    else:
-        with pytest.raises(CheckFailed, match="pass line is 1.30x"):
-            check.judge(run)
+    @pytest.mark.slow
+    def test_background_work_while_the_reference_runs_fails(self, tmp_path):
+        folder = _folder(tmp_path, ddp_parts=_parts(), reference_train=_script(),
+                         ddp_train=_control("spins_while_idle"))
+        v = run_check("ddp.train", module=folder / "ddp_train.py", world_size=2, repeats=1)
+        assert not v.passed and v.status == "fail", v.to_text()
+        assert "which had nothing to do" in v.message and "background" in v.hint, v.to_text()
+
+
+# ------------------------------------------------------------------ the speed-up decision, without launching
+
+def _times(baseline: float, reference: float, learner: float, *, learner_alone: float = 99.0,
+           rounds: int = 3, ws: int = 2) -> dict:
+    times = {}
+    for i in range(rounds):
+        times.update({("reference", 1, i): baseline, ("reference", ws, i): reference, ("learner", ws, i): learner,
+                      ("learner", 1, i): learner_alone})   # never used while there is a reference
+    return times
+
+
+def _thresholds() -> dict:
+    from autograder.course import load_course
+
+    return dict(load_course().exercise("ddp.train").thresholds["cpu"])
+
+
+@pytest.mark.parametrize("baseline, reference, learner, decision", [
+    (4.0, 2.1, 2.1, "pass"),            # as fast as the reference: 1.9x
+    (4.0, 2.1, 4.0, "fail"),            # duplicate work or serialised ranks: 1.0x, 53% of the reference's pace
+    (4.0, 2.1, 3.8, "fail"),            # 1.05x
+    (4.0, 3.9, 4.0, "inconclusive"),    # even the reference reached only 1.03x: the machine is busy
+    (2.6, 2.0, 2.5, "inconclusive"),    # 1.04x, but 80% of the reference's pace (1.3x) in the same rounds
+])
+def test_speedup_decision(baseline, reference, learner, decision):
+    figure = train.speed_figure(_times(baseline, reference, learner), 3, 2, ideal=2.0, thresholds=_thresholds(),
+                                self_baseline=False, label="2 ranks vs 1")
+    assert figure["decision"] == decision, figure
+    assert figure["ideal"] == 2.0 and figure["threshold"] >= 1.1 and "reference" in figure
+
+
+def test_the_learners_own_one_rank_runs_are_the_baseline_only_without_a_reference():
+    slow_alone = _times(4.0, 2.1, 4.0, learner_alone=16.0)   # the learner's 1-rank runs sleep
+    graded = train.speed_figure(slow_alone, 3, 2, ideal=2.0, thresholds=_thresholds(), self_baseline=False,
+                                label="")
+    assert graded["measured"] == 1.0 and graded["decision"] == "fail"
+    self_check = train.speed_figure(slow_alone, 3, 2, ideal=2.0, thresholds=_thresholds(), self_baseline=True,
+                                    label="")
+    assert self_check["measured"] == 4.0 and self_check["self_baseline"]   # the student pack's self-check only
+
+
+def test_every_round_rotates_the_three_runs():
+    rounds = [train.sides(i, self_baseline=False) for i in range(3)]
+    assert {tuple(r[:2]) for r in rounds[0]} == {("reference", 1), ("reference", None), ("learner", None)}
+    assert len({r[0][:2] for r in rounds}) == 3   # each run goes first once in three rounds
+    assert all(i == r[2] for i, rs in enumerate(rounds) for r in rs)
+
+
+@pytest.mark.parametrize("exercise", PARTS)
+@pytest.mark.parametrize("garbage", [None, {}, "ok", {"kind": "pair", "values": None, "sum": "x", "state": []}])
+def test_results_the_judge_cannot_read_fail_the_check(exercise, garbage):
+    """A forged reply in any shape is the learner's failure, never an error of the harness (nor a pass)."""
+    check = get(exercise)
+    trial = Trial.fresh(exercise=exercise, params=dict(check.defaults), world_size=2, profile="cpu", thresholds={})
+    inputs = check.inputs(trial)
+    run = Run(exercise=exercise, world_size=2, params=trial.params, thresholds={}, profile="cpu", inputs=inputs,
+              ranks=tuple(RankOutcome(rank=r, ok=True, result=garbage) for r in range(2)),
+              expected=check.expected(trial, inputs) if check.expected else None)
+    with pytest.raises(CheckFailed):
+        check.judge(run)
 
 
 def test_paired_speedup_alternates_and_takes_the_median():

@@ -1,62 +1,51 @@
-"""06_fsdp checks (gloo, CPU ranks): the reference passes; each typical mistake fails with a hint naming it."""
+"""06_fsdp checks (gloo, CPU ranks): the notebook's reference passes; each typical mistake fails with a hint naming it;
+forged rank parts and a DDP script that pads the comparison run get no pass.
+
+The reference is the source notebook's own %%writefile cells (conftest's `solution`), so the tests
+always grade what the notebook ships; script mistakes are that script with one place changed.
+"""
 from __future__ import annotations
 
-import json
-import re
 import shutil
 from pathlib import Path
 
 import pytest
 
 from autograder import run_check
+from autograder.checks import Run, Trial, get
+from autograder.checks.fsdp import explain, train
 from autograder.harness import VerdictCache
-from conftest import CONTROLS, control
+from autograder.session import RankOutcome, TaskResult
+from autograder.verdict import CheckFailed
+from conftest import control, solution, stub
 
-NOTEBOOK = Path(__file__).resolve().parents[1] / "source" / "06_fsdp" / "06_fsdp.ipynb"
 SHARD = "        model = shard_model(model, reshard_after_forward=args.reshard_after_forward)\n"
 OPTIMIZER = "        optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)\n"
+PARTS = ("fsdp.wrap", "fsdp.checkpoint")
 
 
-def _writefile_cells() -> dict[str, str]:
-    cells = json.loads(NOTEBOOK.read_text())["cells"]
-    found = {}
-    for cell in cells:
-        source = "".join(cell["source"])
-        if cell["cell_type"] == "code" and source.startswith("%%writefile "):
-            first, _, body = source.partition("\n")
-            found[first.split()[1]] = body
-    return found
+def _parts() -> Path:
+    return solution("06_fsdp", "fsdp_parts.py")
 
 
-def _script(tmp_path: Path, name: str, text: str) -> Path:
-    """A variant of fsdp_train.py in its own folder, next to the reference fsdp_parts.py it imports."""
-    shutil.copy(control("fsdp", "fsdp_parts"), tmp_path / "fsdp_parts.py")
-    path = tmp_path / f"{name}.py"
-    path.write_text(text)
-    return path
+def _script_text() -> str:
+    return solution("06_fsdp", "fsdp_train.py").read_text()
 
 
-def _stubbed(text: str) -> str:
-    """What nbgrader gives the learner: every solution region replaced by a NotImplementedError stub."""
-    return re.sub(r"( *)### BEGIN SOLUTION\n.*?### END SOLUTION\n",
-                  lambda m: f"{m[1]}# YOUR CODE HERE\n{m[1]}raise NotImplementedError()\n", text, flags=re.S)
-
-
-def test_notebook_exercise_cells_are_the_tested_reference():
-    cells = _writefile_cells()
-    for name in ("fsdp_parts.py", "fsdp_train.py"):
-        assert cells[name].rstrip() == (CONTROLS / "fsdp" / name).read_text().rstrip(), name
+def _folder(tmp_path: Path, train_text: str | None = None, parts: Path | None = None) -> Path:
+    """A learner's folder: fsdp_parts.py (the reference's unless given) and fsdp_train.py (this text)."""
+    shutil.copyfile(parts or _parts(), tmp_path / "fsdp_parts.py")
+    (tmp_path / "fsdp_train.py").write_text(train_text if train_text is not None else _script_text())
+    return tmp_path
 
 
 def test_hints_for_errors_raised_inside_the_learners_code():
-    from autograder.checks.fsdp import _explain
-
     twice = {"type": "AssertionError", "message": "Each distinct composable distributed API can only be "
                                                   "applied to a module once. fully_shard has already ..."}
-    assert "applied twice" in _explain(twice)
-    assert "init_device_mesh('cuda' if" in _explain({"type": "RuntimeError", "message": "Found no NVIDIA driver"})
-    assert "BatchNorm" in _explain({"type": "RuntimeError", "message": "expected scalar type BFloat16 but found Float"})
-    assert _explain({"type": "ValueError", "message": "something else"}) is None
+    assert "applied twice" in explain(twice)
+    assert "init_device_mesh('cuda' if" in explain({"type": "RuntimeError", "message": "Found no NVIDIA driver"})
+    assert "BatchNorm" in explain({"type": "RuntimeError", "message": "expected scalar type BFloat16 but found Float"})
+    assert explain({"type": "ValueError", "message": "something else"}) is None
 
 
 # ---------------------------------------------------------------- reference solutions
@@ -66,42 +55,43 @@ def test_hints_for_errors_raised_inside_the_learners_code():
 def test_reference_shards_and_checkpoints(overrides):
     """One launch runs fsdp.wrap and, sharing it, fsdp.checkpoint (same module)."""
     cache = VerdictCache()
-    wrap = run_check("fsdp.wrap", module=control("fsdp", "fsdp_parts"), cache=cache, **overrides)
+    wrap = run_check("fsdp.wrap", module=_parts(), cache=cache, **overrides)
     assert wrap.passed, wrap.to_text()
     ws = overrides.get("world_size", 2)
     assert f"1/{ws} per rank" in wrap.message
-    checkpoint = run_check("fsdp.checkpoint", module=control("fsdp", "fsdp_parts"), cache=cache,
-                           world_size=ws)
+    checkpoint = run_check("fsdp.checkpoint", module=_parts(), cache=cache, world_size=ws,
+                           **({"seed": overrides["seed"]} if "seed" in overrides else {}))
     assert checkpoint.passed and "written once" in checkpoint.message, checkpoint.to_text()
 
 
 @pytest.mark.slow
-def test_reference_script_holds_half_of_ddp_and_trains_like_it():
+def test_reference_script_holds_about_half_of_ddp_and_trains_like_it():
     from autograder.figures import render
 
-    v = run_check("fsdp.train", module=control("fsdp", "fsdp_train"))
+    v = run_check("fsdp.train", module=solution("06_fsdp", "fsdp_train.py"))
     assert v.passed, v.to_text()
     memory = v.details["memory"]
     assert memory["ranks"] == [0, 1] and set(memory["bytes"]) == {"DDP", "FSDP"}
     ddp, fsdp = memory["bytes"]["DDP"], memory["bytes"]["FSDP"]
-    assert ddp[0] == ddp[1] and all(0.45 < f / d < 0.55 for f, d in zip(fsdp, ddp)), memory
-    assert set(v.details["step_seconds"]) == {"DDP", "FSDP"}
+    assert all(d > 200 * 2**20 for d in ddp), memory            # DDP: ~5 x 55 MiB per rank, read from /proc
+    assert all(0.35 < f / d < 0.7 for f, d in zip(fsdp, ddp)), memory
+    assert memory["threshold"] == 0.8 and memory["ratio"] <= memory["threshold"]
+    assert set(v.details["seconds"]) == {"DDP", "FSDP"}
     assert render(v) is not None
 
 
 # ---------------------------------------------------------------- negative controls
 
-@pytest.mark.parametrize("exercise", ["fsdp.wrap", "fsdp.checkpoint"])
+@pytest.mark.parametrize("exercise", PARTS)
 def test_blank_stub_is_not_implemented(exercise):
-    v = run_check(exercise, module=control("fsdp", "stub"))
+    v = run_check(exercise, module=stub("06_fsdp", "fsdp_parts.py"))
     assert v.status == "not-implemented" and "NotImplementedError" in v.message
     assert "YOUR CODE HERE" in v.hint
 
 
 @pytest.mark.slow
-def test_blank_script_fails_on_its_stub(tmp_path):
-    path = _script(tmp_path, "fsdp_train", _stubbed(control("fsdp", "fsdp_train").read_text()))
-    v = run_check("fsdp.train", module=path)
+def test_blank_script_fails_on_its_stub():
+    v = run_check("fsdp.train", module=stub("06_fsdp", "fsdp_train.py"))   # next to the stub fsdp_parts.py
     assert not v.passed and "NotImplementedError" in v.message, v.to_text()
     assert "YOUR CODE HERE" in v.hint
 
@@ -123,7 +113,7 @@ def test_mistake_is_rejected_with_a_hint_that_names_it(exercise, mistake, overri
 
 
 def _ddp_script(text: str) -> str:
-    """DDP instead of FSDP: every rank holds the full model state."""
+    """DDP instead of FSDP: every rank holds the full model state (TestForgeries pads it, too)."""
     return text.replace(SHARD, "        model = torch.nn.parallel.DistributedDataParallel(model)\n")
 
 
@@ -133,14 +123,102 @@ def _optimizer_before_sharding(text: str) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mistake, words", [
-    (_ddp_script, "The model is not sharded"),
-    (_optimizer_before_sharding, "Create the optimizer after shard_model"),
-])
-def test_script_mistake_is_rejected_with_a_hint_that_names_it(tmp_path, mistake, words):
-    text = control("fsdp", "fsdp_train").read_text()
+def test_optimizer_created_before_sharding_is_rejected_with_a_hint_that_names_it(tmp_path):
+    """It holds little memory (Adam has no state for parameters that get no gradient) but does not train."""
+    text = _script_text()
     assert SHARD in text and OPTIMIZER in text
-    v = run_check("fsdp.train", module=_script(tmp_path, "fsdp_train", mistake(text)))
+    v = run_check("fsdp.train", module=_folder(tmp_path, _optimizer_before_sharding(text)) / "fsdp_train.py")
     assert not v.passed and v.status == "fail", v.to_text()
-    assert words in v.message + " " + v.hint, v.to_text()
+    assert "Create the optimizer after shard_model" in v.hint and "differ from DDP's" in v.message, v.to_text()
     assert "memory" in v.details  # the per-rank bars are shown on a failure too
+
+
+# ---------------------------------------------------------------- forgeries
+
+PADDING = '''
+
+# --- the forgery: the old check trained DDP in these processes right after main(), calling load_data a
+# second time; on that call, register a global optimizer hook that pads the comparison run's Adam state,
+# so that "DDP" looks twice as big as this script.
+_real_load_data, _loads = load_data, []
+
+
+def load_data(args):
+    _loads.append(1)
+    if len(_loads) == 2:
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
+        def pad(optimizer, *_):
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    optimizer.state[p].setdefault("padding", torch.zeros(2 * p.numel()))
+
+        register_optimizer_step_post_hook(pad)
+    return _real_load_data(args)
+'''
+
+
+class TestForgeries:
+    """Nothing a rank reports about itself decides a pass. Two forgeries prove it for 06_fsdp:
+
+    (a) A training script that is plain DDP and tries to recognise the check's DDP comparison run in its
+        own processes (the second load_data() call: the old check trained DDP there, after the script)
+        to pad that run's optimizer state through a public optimizer hook. Now the comparison runs in a
+        job of its own, from the course's files, and each rank's memory is read from /proc by the
+        harness: the script holds what DDP holds (~1.0x) and fails on memory.
+    (b) forged_parts.py: importing it replaces the course's rank parts with canned outputs (the rows of
+        the weights the harness sent, no training, ln 10 as the loss). Every check fails: the trained
+        shards, the saved weights and the script's losses and checkpoint need the other ranks' secret data.
+    """
+
+    @pytest.mark.slow
+    def test_ddp_script_that_pads_the_comparison_run_fails_on_memory(self, tmp_path):
+        v = run_check("fsdp.train", module=_folder(tmp_path, _ddp_script(_script_text()) + PADDING) / "fsdp_train.py")
+        assert not v.passed and v.status == "fail", v.to_text()
+        assert "The model is not sharded" in v.hint and "no parameter is a DTensor" in v.hint, v.to_text()
+        assert v.details["memory"]["ratio"] > 0.9, v.details["memory"]   # what DDP holds: the padding never ran
+
+    @pytest.mark.slow
+    def test_forged_rank_parts_fail_every_check(self, tmp_path):
+        folder = _folder(tmp_path, parts=control("fsdp", "forged_parts"))
+        cache = VerdictCache()
+        verdicts = {e: run_check(e, module=folder / "fsdp_parts.py", cache=cache) for e in PARTS}
+        verdicts["fsdp.train"] = run_check("fsdp.train", module=folder / "fsdp_train.py")
+        for exercise, v in verdicts.items():
+            assert not v.passed and v.status == "fail", f"{exercise}: {v.to_text()}"
+
+
+# ---------------------------------------------------------------- judges and figures, without launching
+
+@pytest.mark.parametrize("exercise", PARTS)
+@pytest.mark.parametrize("garbage", [None, {}, "ok", {"returned": "same", "units": [], "shards": {"x": 1},
+                                                       "kind": "file", "bytes": b"not a checkpoint", "saves": []}])
+def test_results_the_judge_cannot_read_fail_the_check(exercise, garbage):
+    """A forged reply in any shape is the learner's failure, never an error of the harness (nor a pass)."""
+    check = get(exercise)
+    trial = Trial.fresh(exercise=exercise, params=dict(check.defaults), world_size=2, profile="cpu", thresholds={})
+    inputs = check.inputs(trial)
+    run = Run(exercise=exercise, world_size=2, params=trial.params, thresholds={}, profile="cpu", inputs=inputs,
+              ranks=tuple(RankOutcome(rank=r, ok=True, result=garbage) for r in range(2)),
+              expected=check.expected(trial, inputs))
+    with pytest.raises(CheckFailed):
+        check.judge(run)
+
+
+def test_memory_is_measured_against_the_twins_baseline():
+    """A rank's own starting value is the learner's to inflate (fill memory at import, free it in main()):
+    the memory added is counted from the DDP twin's value before its run."""
+    learner = TaskResult(part="fsdp.train", outcomes=[], started=0, seconds=1,
+                         peak_private=[500, 520], start_private=[900, 900])   # inflated start, freed in main()
+    twin = TaskResult(part="fsdp.train", outcomes=[], started=0, seconds=1,
+                      peak_private=[700, 700], start_private=[400, 400])
+    assert train.memory_added(learner, twin, "gloo") == [100, 120]
+    assert train.memory_added(twin, twin, "gloo") == [300, 300]
+    assert train.memory_added(learner, twin, "nccl") is None   # GPU memory: NVML, not /proc
+
+
+def test_memory_pass_line_keeps_the_share_of_the_ideal_saving():
+    assert train.pass_line(0.8, 2) == 0.8
+    assert train.pass_line(0.8, 3) == pytest.approx(1 - 0.2 * (2 / 3) * 2, abs=1e-3)   # 0.733: ideal 1/3
+    assert train.pass_line(0.8, 4) == pytest.approx(0.7, abs=1e-3)
+    assert train.pass_line(0.8, 1) == 1.0

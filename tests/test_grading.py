@@ -83,8 +83,10 @@ for pid in [p for p in os.listdir("/proc") if p.isdigit()]:
     except OSError:
         pass
 loot = []
-for path in list(found) + ["/tmp", "/work", os.path.expanduser("~")]:
-    for f in glob.glob(os.path.join(os.path.dirname(path), "**", "*"), recursive=True)[:2000]:
+folders = {{os.path.dirname(p) for p in found}} | {{"/tmp", "/work", "/root", "/home", os.path.expanduser("~")}}
+for folder in sorted(folders - {{"/", "/proc", "/sys", "/dev", "/usr", "/usr/bin", "/bin"}}):   # not the system
+    names = [os.path.join(d, n) for d, _, ns in os.walk(folder) for n in ns][:5000]
+    for f in names:
         if f.endswith((".ipynb", ".json", ".csv", ".html")) and os.path.isfile(f):
             try:
                 text = open(f, errors="replace").read()
@@ -271,7 +273,7 @@ def test_nothing_of_a_classmate_reaches_an_attacker_and_no_page_carries_a_script
         if student != "honest":
             assert MARKER not in page(graded, student), student
             assert MARKER not in (out / "records" / student / "mini.json").read_text()
-        assert "alert(" not in page(graded, student) and "<script>alert" not in page(graded, student), student
+        assert "<script>alert" not in page(graded, student), student   # its source shows escaped: &lt;script&gt;
     assert "LOOT" in page(graded, "read-everything")   # it ran, and found nothing to print
 
 
@@ -291,7 +293,7 @@ def test_a_full_disk_stays_in_its_sandbox(graded):
 def test_floods_are_cut_to_size(graded):
     """Ranks that flood are stopped (a verdict); 100 MB of kernel output leaves a page of a few MB, no script."""
     html = page(graded, "flood")
-    assert len(html) < 5 * 2**20 and "output limit" in html and "alert(1)" not in html
+    assert len(html) < 5 * 2**20 and "removed: over the size limit" in html and "<script>alert" not in html
 
 
 def test_kernel_monkeypatching_is_flagged_and_the_trusted_score_stands(graded):

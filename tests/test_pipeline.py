@@ -1,14 +1,15 @@
-"""05_pipeline checks: the reference passes (2 and 3 stages, both frontends); each typical mistake fails with a
-hint naming it; the timeline and the bubble arithmetic.
+"""05_pipeline checks: the notebook's solution passes (2 and 3 stages, both frontends, a nested checkpoint); each
+typical mistake fails with a hint naming it; a forgery of the rank parts fails every check; the timeline and the
+bubble arithmetic.
 
-All ranks run on CPUs with gloo (the cpu profile). The reference is tests/controls/pipeline/solution/, which
-must equal the source notebook's %%writefile cells (test_notebook_ships_the_reference). Each mistake is the
-reference with one textual change, so the change IS the mistake.
+All ranks run on CPUs with gloo (the cpu profile). The reference is the source notebook's %%writefile cells
+(conftest.solution); each mistake is that reference with one textual change, so the change IS the mistake.
 """
 from __future__ import annotations
 
 import json
-import re
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,20 +17,13 @@ from pathlib import Path
 import pytest
 
 from autograder import run_check
-from autograder.config import course_root
+from autograder.harness import VerdictCache
 from autograder.timeline import bubble_formula, ideal_speedup, measured_bubble
-from conftest import CONTROLS
+from conftest import control, solution, stub
 
-SOLUTION = CONTROLS / "pipeline" / "solution"
 PARTS = ("pipeline.split", "pipeline.schedule", "pipeline.step", "pipeline.checkpoint")
-FAST_TRAIN = {"pairs": 1, "steps": 2}   # mistakes in the script show in any run: no need to time three pairs
-
-
-def _stub(text: str) -> str:
-    """What nbgrader's release leaves of a solution: each marked region becomes a raise."""
-    return re.sub(r"^(\s*)### BEGIN SOLUTION\n.*?^\s*### END SOLUTION\n",
-                  lambda m: f"{m[1]}# YOUR CODE HERE\n{m[1]}raise NotImplementedError()\n",
-                  text, flags=re.S | re.M)
+# Mistakes in the script show in any run: one untimed round of the reference and the learner, few steps.
+FAST_TRAIN = {"steps": 2, "judge_speed": False}
 
 
 def _edit(text: str, edits) -> str:
@@ -39,27 +33,38 @@ def _edit(text: str, edits) -> str:
     return text
 
 
-def _folder(tmp_path: Path, parts=(), train=(), transform=None) -> Path:
-    """pipeline_parts.py and pipeline_train.py: the reference with `parts` / `train` edits applied."""
+def _folder(tmp_path: Path, parts=(), train=()) -> Path:
+    """pipeline_parts.py and pipeline_train.py: the notebook's solution with `parts` / `train` edits applied."""
     for name, edits in (("pipeline_parts.py", parts), ("pipeline_train.py", train)):
-        text = _edit((SOLUTION / name).read_text(), edits)
-        (tmp_path / name).write_text(transform(text) if transform else text)
+        (tmp_path / name).write_text(_edit(solution("05_pipeline", name).read_text(), edits))
     return tmp_path
 
 
 # ------------------------------------------------------------------ the reference passes
 
 @pytest.mark.slow
-@pytest.mark.parametrize("exercise, overrides", [
-    ("pipeline.split", {}),
-    ("pipeline.split", {"world_size": 3, "blocks": 4, "seed": 3, "microbatches": 3}),
-    ("pipeline.schedule", {"world_size": 3, "microbatches": 5, "seed": 2}),
-    ("pipeline.step", {}),
-    ("pipeline.step", {"world_size": 3, "microbatches": 3, "seed": 4}),
-    ("pipeline.checkpoint", {"world_size": 3, "seed": 1}),
+@pytest.mark.parametrize("world_size, overrides", [
+    (2, {}),
+    (3, {"blocks": 4, "seed": 3, "microbatches": 3}),   # split's variant; the other parts share its launch
 ])
-def test_reference_passes(exercise, overrides):
-    v = run_check(exercise, module=SOLUTION / "pipeline_parts.py", **overrides)
+def test_reference_passes_every_part_in_one_launch(world_size, overrides):
+    cache = VerdictCache()
+    module = solution("05_pipeline", "pipeline_parts.py")
+    first = run_check("pipeline.split", module=module, world_size=world_size, cache=cache, **overrides)
+    assert first.passed, first.to_text()
+    shared = {k: v for k, v in overrides.items() if k == "seed"}   # companions run with the call's seed
+    for exercise in PARTS[1:]:   # cache hits: they ran in the same job, after pipeline.split
+        v = run_check(exercise, module=module, world_size=world_size, cache=cache, **shared)
+        assert v.passed, v.to_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("exercise, overrides", [
+    ("pipeline.schedule", {"world_size": 3, "microbatches": 5, "seed": 2}),
+    ("pipeline.step", {"world_size": 3, "microbatches": 3, "seed": 4}),
+])
+def test_reference_passes_variants(exercise, overrides):
+    v = run_check(exercise, module=solution("05_pipeline", "pipeline_parts.py"), **overrides)
     assert v.passed, v.to_text()
 
 
@@ -84,20 +89,38 @@ def test_manual_stage_route_passes_split(tmp_path):
     assert v.passed, v.to_text()
 
 
+NESTED_CHECKPOINT = [
+    ("dcp.save(stage.submod.state_dict(), checkpoint_id=path)",
+     "dcp.save({\"model\": stage.submod.state_dict()}, checkpoint_id=path)"),
+    ("    state = model.state_dict()                # the keys and shapes to fill\n",
+     "    state = {\"model\": model.state_dict()}     # nested under a key, as DCP's own recipes do\n"),
+    ("    model.load_state_dict(state)              # strict",
+     "    model.load_state_dict(state[\"model\"])     # strict"),
+]
+
+
+@pytest.mark.slow
+def test_checkpoint_nested_under_a_key_passes(tmp_path):
+    """A checkpoint is judged by its round trip: a layout that save_stage writes and load_full_model reads passes."""
+    folder = _folder(tmp_path, parts=NESTED_CHECKPOINT)
+    v = run_check("pipeline.checkpoint", module=folder / "pipeline_parts.py", world_size=3)
+    assert v.passed, v.to_text()
+
+
 # ------------------------------------------------------------------ mistakes
 
 @pytest.mark.parametrize("exercise", PARTS)
-def test_blank_stub_is_not_implemented(tmp_path, exercise):
-    folder = _folder(tmp_path, transform=_stub)
-    v = run_check(exercise, module=folder / "pipeline_parts.py")
+def test_blank_stub_is_not_implemented(exercise):
+    v = run_check(exercise, module=stub("05_pipeline", "pipeline_parts.py"))
     assert v.status == "not-implemented" and "NotImplementedError" in v.message, v.to_text()
     assert "YOUR CODE HERE" in v.hint
 
 
 @pytest.mark.slow
 def test_blank_script_fails_naming_the_stub(tmp_path):
-    folder = _folder(tmp_path, transform=_stub)
-    v = run_check("pipeline.train", module=folder / "pipeline_train.py", **FAST_TRAIN)
+    for name in ("pipeline_parts.py", "pipeline_train.py"):
+        shutil.copy(stub("05_pipeline", name), tmp_path / name)
+    v = run_check("pipeline.train", module=tmp_path / "pipeline_train.py", **FAST_TRAIN)
     assert not v.passed and "NotImplementedError" in v.message, v.to_text()
 
 
@@ -119,6 +142,10 @@ PARTS_MISTAKES = {
     "schedule_without_loss": ("pipeline.schedule", [(
         "ScheduleGPipe(stage, n_microbatches=n_microbatches, loss_fn=loss_fn)",
         "ScheduleGPipe(stage, n_microbatches=n_microbatches)")], {}, "loss_fn"),
+    "gradients_summed_over_microbatches": ("pipeline.schedule", [(
+        "ScheduleGPipe(stage, n_microbatches=n_microbatches, loss_fn=loss_fn)",
+        "ScheduleGPipe(stage, n_microbatches=n_microbatches, loss_fn=loss_fn, scale_grads=False)")],
+        {}, "sum over microbatches"),
     "no_zero_grad": ("pipeline.step", [(
         "    optimizer.zero_grad(set_to_none=True)", "    pass")], {}, "zero_grad"),
     "optimizer_stepped_once_per_epoch": ("pipeline.step", [(
@@ -159,7 +186,10 @@ def test_parts_mistake_is_rejected_with_a_hint_that_names_it(tmp_path, mistake):
 
 
 TRAIN_MISTAKES = {
-    "optimizer_over_the_whole_model": ([], [(
+    # With the tracer, a stage shares the model's parameter tensors, so an optimizer over the whole model steps
+    # exactly the stage's parameters (the others get no gradient): the same training. With the manual frontend
+    # (a copy of the model without the other blocks) it steps the copy's originals, and the stage never learns.
+    "optimizer_over_the_whole_model": ([MANUAL_ROUTE], [(
         "torch.optim.SGD(stage.submod.parameters(),", "torch.optim.SGD(model.parameters(),")],
         "Scope the optimizer to the local stage"),
     "optimizer_stepped_once_per_epoch": (
@@ -170,6 +200,10 @@ TRAIN_MISTAKES = {
     "whole_batch_as_example_microbatch": ([], [(
         "build_stage(model, train_x[:microbatch].to(device), device)",
         "build_stage(model, train_x[:args.batch_size].to(device), device)")], "ONE microbatch"),
+    "microbatch_count_ignored": ([], [
+        ("microbatch = args.batch_size // args.microbatches", "microbatch = args.batch_size // 2"),
+        ("make_schedule(stage, args.microbatches, F.cross_entropy)", "make_schedule(stage, 2, F.cross_entropy)")],
+        "pass args.microbatches to make_schedule"),
 }
 
 
@@ -183,15 +217,38 @@ def test_script_mistake_is_rejected_with_a_hint_that_names_it(tmp_path, mistake)
     assert words in v.message + " " + v.hint, v.to_text()
 
 
+# ------------------------------------------------------------------ forgery
+
+@pytest.mark.slow
+def test_forged_rank_parts_fail_every_parts_check(tmp_path):
+    """pipeline_parts.py replaces the course's rank parts on import with canned answers: every check fails."""
+    shutil.copy(control("pipeline", "forged_parts"), tmp_path / "pipeline_parts.py")
+    cache = VerdictCache()
+    for exercise in PARTS:   # one launch: the other parts run in pipeline.split's job
+        v = run_check(exercise, module=tmp_path / "pipeline_parts.py", cache=cache)
+        assert not v.passed and v.status == "fail", v.to_text()
+
+
+@pytest.mark.slow
+def test_forged_rank_parts_fail_the_script_check(tmp_path):
+    """The forged parts answer the script's runs at once with canned weights: the speed is never even judged."""
+    shutil.copy(control("pipeline", "forged_parts"), tmp_path / "pipeline_parts.py")
+    shutil.copy(solution("05_pipeline", "pipeline_train.py"), tmp_path / "pipeline_train.py")
+    v = run_check("pipeline.train", module=tmp_path / "pipeline_train.py", steps=2, rounds=1)
+    assert not v.passed and v.status == "fail", v.to_text()
+    assert "reference script's on the same secret data" in v.message, v.to_text()
+
+
 # ------------------------------------------------------------------ speed and timeline
 
 @pytest.mark.timing
 def test_reference_script_overlaps_microbatches():
-    """The reference's speed-up over one microbatch passes the cpu pass line, with a timeline of both schedules."""
-    v = run_check("pipeline.train", module=SOLUTION / "pipeline_train.py")
+    """The reference's speed-up over one microbatch passes the calibrated line, with a timeline of both schedules."""
+    v = run_check("pipeline.train", module=solution("05_pipeline", "pipeline_train.py"))
     assert v.passed, v.to_text()
     speedup, timeline = v.details["speedup"], v.details["timeline"]
     assert speedup["measured"] >= speedup["threshold"] and speedup["ideal"] == pytest.approx(1.6)
+    assert len(speedup["ratios"]) == len(speedup["reference_ratios"]) == 3
     assert set(timeline["schedules"]) == {"GPipe", "1F1B"}
     for name, events in timeline["schedules"].items():
         assert sorted((e[0], e[1], e[2]) for e in events) == sorted(
@@ -205,9 +262,9 @@ def test_timeline_script_writes_a_drawable_timeline(tmp_path):
     out = tmp_path / "timeline.json"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m",
            "autograder.timeline", "--microbatches", "2", "--batch-size", "4", "--steps", "1",
-           "--parts", str(SOLUTION / "pipeline_parts.py"), "--out", str(out)]
+           "--parts", str(solution("05_pipeline", "pipeline_parts.py")), "--out", str(out)]
     done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=240,
-                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "bubble" in done.stdout
     data = json.loads(out.read_text())
@@ -233,15 +290,3 @@ def test_bubble_arithmetic():
     assert measured_bubble(gpipe, 2) == pytest.approx(bubble_formula(2, 2))
     serial = [[0, "F", 0, 0, 1], [1, "F", 0, 1, 2], [1, "B", 0, 2, 3], [0, "B", 0, 3, 4]]
     assert measured_bubble(serial, 2) == pytest.approx(0.5)
-
-
-# ------------------------------------------------------------------ the notebook ships the reference
-
-def test_notebook_ships_the_reference():
-    from autograder.reverify import writefile_cells
-
-    notebook = json.loads((course_root() / "source" / "05_pipeline" / "05_pipeline.ipynb").read_text())
-    files = writefile_cells(notebook)
-    for name in ("pipeline_parts.py", "pipeline_train.py"):
-        shipped = (files.get(name) or "").rstrip("\n")   # %%writefile writes the cell as is, without a last newline
-        assert shipped == (SOLUTION / name).read_text().rstrip("\n"), f"{name}: notebook and {SOLUTION} differ"

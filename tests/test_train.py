@@ -1,6 +1,8 @@
 """eurosat.train: averages over samples (a smaller last batch counts for what it is), meters, and learning."""
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -78,6 +80,35 @@ def test_progress_bars_off_under_nbgrader_or_when_asked(monkeypatch):
     monkeypatch.setenv("NBGRADER_EXECUTION", "autograde")
     assert not train.show_progress(True)
     assert train.progress_bar(range(3), enabled=True).disable
+
+
+def test_progress_of_a_rank_launched_from_a_notebook_is_one_line_per_epoch(monkeypatch, capsys):
+    """A `!torchrun` cell's ranks write to the kernel's pseudo-terminal, which keeps every redraw of a
+    tqdm bar as a line (~25 per epoch): there, whole lines, one per epoch, with the epoch's figures."""
+    monkeypatch.delenv("NBGRADER_EXECUTION", raising=False)
+    monkeypatch.setenv("JPY_PARENT_PID", "1")                  # what jupyter_client gives a kernel's children
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)    # the pseudo-terminal
+    data = _logits_dataset(40, seed=2)
+    model = nn.Linear(10, 10)
+    loader = DataLoader(data, batch_size=2)                    # 20 steps
+    train.train_one_epoch(model, loader, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.1),
+                          "cpu", desc="epoch 1/1")
+    err = capsys.readouterr().err
+    assert "\r" not in err and err.count("\n") == 1, err
+    assert err.startswith("epoch 1/1: 100%") and "20/20" in err and "loss=" in err and "img_s=" in err
+
+    bar = train.LineProgress(range(3), desc="slow", interval=0.0)   # a long epoch: a line per interval
+    assert list(bar) == [0, 1, 2] and not bar.disable
+    assert capsys.readouterr().err.count("\n") == 4           # after each of 3 steps, and at the end
+
+    monkeypatch.delenv("JPY_PARENT_PID")
+    monkeypatch.delenv("MPLBACKEND", raising=False)
+    bar = train.progress_bar(range(3))
+    assert not isinstance(bar, train.LineProgress) and not bar.disable   # a real terminal: tqdm's bar
+    bar.close()
+    monkeypatch.setenv("JPY_PARENT_PID", "1")
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)   # the checks capture the ranks' output
+    assert train.progress_bar(range(3)).disable
 
 
 def test_short_training_on_synthetic_data_learns_but_is_not_trivial(capsys):

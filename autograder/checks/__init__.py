@@ -69,6 +69,7 @@ class Run:
     profile: str
     inputs: list = field(default_factory=list)
     expected: Any = None
+    seconds: float = 0.0     # the task's time, taken by the harness from outside (inputs sent -> last reply)
 
     def results(self) -> list[Any]:
         return [r.result for r in self.ranks]

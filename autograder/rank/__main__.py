@@ -124,6 +124,18 @@ def main(job_dir: str) -> None:
             except BaseException as exc:  # noqa: the learner's import may raise anything, SystemExit included
                 _reply_error(sock, "import", exc, module, calls)
             continue
+        if todo == "prepare":   # before the first task, so that no task's time holds it: the harness's process
+            phase = "group"     # group, and the rank parts the tasks will use (imported, warmed up)
+            try:
+                if message.get("group"):
+                    _init_group(ctx, float(message["time_limit"]))
+                phase = "run"
+                for name in message.get("parts", []):
+                    _part(name)
+                wire.send(sock, {"ok": True})
+            except BaseException as exc:  # noqa: reported like any failure
+                _reply_error(sock, phase, exc, module, calls)
+            continue
         if todo == "task":
             calls.clear()
             ctx.time_limit = float(message["time_limit"])

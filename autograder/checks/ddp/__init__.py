@@ -1,0 +1,148 @@
+"""04_ddp (ddp_parts.py, ddp_train.py): what the trusted side of the DDP checks shares.
+
+Models travel as specs with their weights (rank/toolkit.py's build_model rebuilds them in
+the rank); the weights are drawn here from the call's secret. Files come back as bytes and
+are read here with torch.load(weights_only=True), which refuses anything but tensors and
+plain containers: the learner's process made those bytes.
+"""
+from __future__ import annotations
+
+import functools
+import io
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+from ...verdict import CheckFailed
+
+# A small EuroSATNet: the exercises test the wrapping, not the model, and tiny tensors keep the checks fast.
+SMALL = {"kind": "eurosat", "width": 4, "blocks": 2}
+
+
+def reads_rank_results(judge: Callable) -> Callable:
+    """For a judge of what the ranks sent: a result it cannot read (a missing key, a wrong type: the rank part was
+    replaced or the reply forged) fails the learner's check instead of breaking the harness."""
+    @functools.wraps(judge)
+    def judging(*args, **kwargs):
+        try:
+            return judge(*args, **kwargs)
+        except (KeyError, TypeError, IndexError, AttributeError, ValueError, RuntimeError) as exc:
+            raise CheckFailed(f"the ranks sent results the check cannot read ({type(exc).__name__}: {exc})"[:300],
+                              "Something in your files changed what the ranks send back (the course's code in "
+                              "autograder.rank): leave it alone and let the check call your functions.") from exc
+    return judging
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """torch on one thread for the block: the harness shares the cores with the ranks it waits for, and torch's
+    thread pool on an oversubscribed machine runs several times slower than one thread (measured: 10 s vs 1.5 s)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def expected_devices(trial) -> list[str]:
+    """Each rank's device under the call's profile: cuda:LOCAL_RANK with NCCL, else cpu (rank/device.py's rule)."""
+    from ...course import load_course
+    from ...rank.device import device_name
+
+    cuda = load_course().profiles[trial.profile].backend == "nccl"
+    per_node = trial.world_size // trial.nnodes
+    return [device_name(r % per_node, cuda) for r in range(trial.world_size)]
+
+
+def random_state(generator, *, norm: bool, width: int = SMALL["width"], blocks: int = SMALL["blocks"]) -> dict:
+    """The state dict of a small EuroSATNet with weights (and BatchNorm statistics) drawn from `generator`.
+
+    PyTorch's own initialisation, seeded from the generator, so the weights look like a real model's;
+    the global RNG is left as it was (the harness process may be a notebook kernel).
+    """
+    import torch
+
+    from eurosat.model import EuroSATNet
+
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = EuroSATNet(width=width, blocks=blocks, norm=norm)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    for name, value in state.items():   # statistics a fresh model would not have: an old copy cannot match
+        if name.endswith("running_mean"):
+            state[name] = torch.randn(value.shape, generator=generator)
+        elif name.endswith("running_var"):
+            state[name] = 0.5 + torch.rand(value.shape, generator=generator)
+        elif name.endswith("num_batches_tracked"):
+            state[name] = torch.randint(1, 1000, (), generator=generator)
+    return state
+
+
+def spec(state: dict, *, norm: bool) -> dict:
+    """What a rank needs to rebuild the model: its shape and its exact weights."""
+    return {**SMALL, "norm": norm, "state": state}
+
+
+def max_difference(got: dict, want: dict) -> float:
+    """Largest absolute difference over the floating-point tensors two state dicts share (inf if keys differ)."""
+    import torch
+
+    if set(got) != set(want):
+        return float("inf")
+    worst = 0.0
+    for key, w in want.items():
+        g = got[key]
+        if not isinstance(g, torch.Tensor) or g.shape != w.shape:
+            return float("inf")
+        if w.is_floating_point():
+            worst = max(worst, (g.double() - w.double()).abs().max().item() if w.numel() else 0.0)
+        elif not torch.equal(g, w):
+            return float("inf")
+    return worst
+
+
+def differing(got: dict, want: dict, tolerance: float = 0.0) -> list[str]:
+    """Names of the tensors of `want` that `got` lacks or holds otherwise (beyond `tolerance` for floats)."""
+    import torch
+
+    def same(g, w) -> bool:
+        if not isinstance(g, torch.Tensor) or g.shape != w.shape:
+            return False
+        if w.is_floating_point() and g.is_floating_point():
+            return w.numel() == 0 or (g.double() - w.double()).abs().max().item() <= tolerance
+        return bool(torch.equal(g, w))
+
+    return [k for k, w in want.items() if k not in got or not same(got[k], w)]
+
+
+def load_saved(raw: bytes) -> tuple[Any, str]:
+    """(object, "") from a file's bytes, or (None, why it would not load). Tensors and containers only."""
+    import torch
+
+    try:
+        return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True), ""
+    except Exception as exc:  # noqa: anything in the bytes may fail to load; the message names it
+        text = str(exc).strip().splitlines()
+        return None, f"{type(exc).__name__}: {text[0][:200] if text else ''}"
+
+
+def is_state_dict(obj: Any) -> bool:
+    import torch
+
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                      for k, v in obj.items())
+
+
+def strict_load_problem(state: dict, model_spec: dict) -> str:
+    """Why `state` does not load into the plain model with strict=True ("" when it does)."""
+    from eurosat.model import EuroSATNet
+
+    plain = EuroSATNet(width=model_spec["width"], blocks=model_spec["blocks"], norm=model_spec["norm"])
+    try:
+        plain.load_state_dict(state, strict=True)
+    except Exception as exc:  # noqa: load_state_dict raises RuntimeError, or others on odd values
+        return str(exc).strip().splitlines()[0][:300] + " ..."
+    return ""

@@ -1,0 +1,295 @@
+"""ddp.train: ddp_train.py, the whole EuroSAT script under torchrun: it must train like the course's
+reference DDP script, and faster on N ranks than one rank.
+
+Scenario. Two jobs of N ranks: the learner's files, and the source notebook's ddp_parts.py and
+ddp_train.py (the reference; a job the learner's code is not in). In each, the rank part calls
+main(argv) like a torchrun launch (a fresh store on a port chosen here), on 1 rank (rank 0; the
+others idle) or on all N ranks, with --synthetic: the images are drawn here for every round from
+a fresh secret and sent to the ranks, which hand them to load_data in place of
+eurosat.data.synthetic_tensors. Every round has its own data and its own --seed, so nothing
+computed in an earlier call or round helps.
+
+Rounds (measured.rotations): reference on 1 rank (the baseline), reference on N ranks, learner on
+N ranks, in an order rotated each round, after one untimed warm-up run per job. Each run is timed
+from outside (inputs sent -> last reply).
+
+Correctness, every learner run: the checkpoint (bytes read by rank 0 right after main() returned,
+loaded here with weights_only=True) must hold the reference's N-rank weights for the same round,
+within 1e-3 absolute on every tensor. Identical code gives identical bits (gloo sums in a fixed
+order, so 2 ranks always agree exactly); a correct variant (other bucket sizes, static graph,
+gradient views) only reorders the 3-rank float32 sums: measured 6e-8 to 2e-5 after an epoch.
+Wrong scripts land far away: each rank trained alone 4e-2 to 8e-2, every rank on all images
+0.3 to 1.7 (2 and 3 ranks, 250 images). The metrics JSON must report the validation accuracy
+and loss this checkpoint's model really has on the round's validation images (evaluated here;
+1e-6 and 1e-4 relative: the same numbers summed in another order). What the rank saw of the
+training (images per rank, DDP forwards) only names a failure. While the reference runs, the
+learner's job must stay idle (its CPU time read from /proc): background work there would slow
+the baseline and flatter the learner's speed-up.
+
+Speed (N > 1, repeats > 0): learner = median over rounds of t(reference, 1 rank) / t(learner, N);
+pass line max(floor_efficiency x ideal, reference_share x the reference's own speed-up in the
+same rounds) (measured.calibrated, thresholds in course.yaml; ideal = N, at most the cores on the
+cpu profile). Inconclusive, never a fail, when even the reference stays under the floor, or when
+the learner's N-rank runs kept pace_share of the reference's N-rank runs of the same rounds (the
+1-rank baseline drifted: a busy machine). A script that is slow only on 1 rank gains nothing: its
+1-rank runs are never timed. A round whose learner run is wrong ends the check (with the speed-up
+so far). Student pack (no source notebook): the learner's own 1-rank runs are the baseline and the
+floor is the line (a self-check), with the rank's observations standing in for the reference.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+
+from ... import measured
+from ...verdict import CheckFailed, Inconclusive
+from .. import Check
+from . import (differing, is_state_dict, load_saved, max_difference, one_thread, reads_rank_results,
+               strict_load_problem)
+from .data import explain
+
+TOLERANCE = 1e-3                     # weights, absolute (see the docstring)
+ACCURACY_TOLERANCE, LOSS_RTOL = 1e-6, 1e-4
+FULL = {"kind": "eurosat", "width": 16, "blocks": 3, "norm": True}   # the script's EuroSATNet()
+
+
+# ------------------------------------------------------------------ the rounds' data (trusted side)
+
+def _draw_round(trial_rng, n_images: int) -> dict:
+    """One round's secret data: what load_data would get from synthetic_tensors, as exact uint8 images."""
+    import torch
+
+    from eurosat.data import synthetic_tensors
+
+    seed = trial_rng.randrange(2**31)
+    data = {"seed": seed}
+    for name, n in (("train", n_images), ("val", max(n_images // 4, 16))):
+        with one_thread():
+            images, labels = synthetic_tensors(n, seed=trial_rng.randrange(2**32))
+        data[name] = [(images * 255).round().to(torch.uint8), labels]   # k / 255 in float32 round-trips exactly
+    return data
+
+
+def _inputs(data: dict, world: int, ws: int, p: dict, tag: str) -> list:
+    from ...launch import free_port
+
+    argv = ["--epochs", p["epochs"], "--batch-size", p["batch_size"], "--synthetic", len(data["train"][1])]
+    run = {**data, "world": world, "argv": argv, "port": free_port(), "tag": tag}
+    return [run if r < world else {"world": world} for r in range(ws)]
+
+
+def _evaluate(state: dict, data: dict) -> tuple[float, float]:
+    """(accuracy, mean loss) of the checkpoint's model on the round's validation images, normalised as
+    load_data does (the training images' per-channel mean and std)."""
+    import torch
+    import torch.nn.functional as F
+
+    from ...rank.toolkit import build_model
+
+    train, val = (data[k][0].float() / 255 for k in ("train", "val"))
+    mean, std = train.mean(dim=(0, 2, 3), keepdim=True), train.std(dim=(0, 2, 3), keepdim=True)
+    model = build_model({**FULL, "state": state}).eval()
+    with torch.no_grad(), one_thread():
+        logits = model((val - mean) / std)
+    labels = data["val"][1]
+    return (logits.argmax(1) == labels).float().mean().item(), F.cross_entropy(logits, labels).item()
+
+
+# ------------------------------------------------------------------ correctness of one learner run
+
+def _fail(message: str, hint: str, speed: dict | None) -> None:
+    """Fail with the speed-up figure attached when there is one (the widget draws it whatever is wrong)."""
+    raise CheckFailed(message, hint, {"speedup": speed} if speed else {})
+
+
+def _diagnosis(outs: list[dict], ws: int, p: dict) -> tuple[str, str] | None:
+    """What the ranks saw of the training, as (message, hint) of the likeliest mistake (observations: hints)."""
+    n, share = p["images"], math.ceil(p["images"] / ws)
+    for r, res in enumerate(outs):
+        if not res["trained"]:
+            return (f"rank {r}: main() never trained the EuroSATNet (no training-mode forward was seen)",
+                    "Keep the given scaffolding: main(argv) builds EuroSATNet, wraps it, and trains it.")
+        per_epoch = res["images"] / p["epochs"]
+        if ws > 1 and per_epoch >= n:
+            return (f"rank {r} trained on {per_epoch:.0f} images per epoch: every rank processed the whole dataset "
+                    f"({n} images), so {ws} ranks did the work {ws} times",
+                    "Build the training loader with make_train_loader(train_set, ...) (a DistributedSampler): "
+                    f"each rank must train on its own share, about {n}/{ws} images per epoch.")
+        if per_epoch != share:
+            return (f"rank {r} trained on {per_epoch:.0f} images per epoch; expected its share, {share} of {n}",
+                    "Use make_train_loader for the training data and call start_epoch every epoch.")
+        if res["ddp_forwards"] == 0:
+            return (f"rank {r}: the model was trained without DistributedDataParallel",
+                    "Wrap the model with wrap_model(EuroSATNet(), device) and train the wrapper: otherwise "
+                    "gradients are never averaged and the replicas drift apart.")
+        if not res["changed"]:
+            return (f"rank {r}: the model's weights did not change during training",
+                    "Keep the optimizer over model.parameters() and the training loop of the scaffolding.")
+    if len({res["final"] for res in outs}) > 1:
+        return ("after training, the ranks' replicas differ",
+                "Train the DDP wrapper that wrap_model returns, with one optimizer over its parameters.")
+    return None
+
+
+@reads_rank_results
+def _judge_run(outs: list[dict], reference_state: dict | None, data: dict, ws: int, p: dict,
+               speed: dict | None) -> float:
+    """Fail unless this learner run trained like the reference and reported its model's metrics; the weight gap."""
+    raw, state, problem = outs[0].get("checkpoint"), None, ""
+    if raw is None:
+        problem = "there is no checkpoint file after main() returned"
+    else:
+        state, error = load_saved(raw)
+        problem = (error or ("" if is_state_dict(state) else f"it holds a {type(state).__name__}")
+                   or strict_load_problem(state, FULL))
+    gap = max_difference(state, reference_state) if reference_state is not None and not problem else 0.0
+    if problem or gap > TOLERANCE:
+        found = _diagnosis(outs, ws, p)
+        if found:
+            _fail(*found, speed)
+        if problem:
+            _fail(f"the checkpoint does not hold the trained weights in the plain model's format: {problem}",
+                  "At DDP 6, after training, write the wrapped model to args.checkpoint with your save_checkpoint "
+                  "(the ddp.checkpoint exercise).", speed)
+        how = (f"by up to {gap:.2e} (tolerance {TOLERANCE:.0e})" if math.isfinite(gap) else
+               f"(other shapes, keys or counters: {', '.join(differing(state, reference_state, TOLERANCE)[:3])})")
+        _fail(f"after training on {ws} ranks the weights differ from the reference script's on the same images {how}",
+              "Keep the scaffolding (seed, optimizer, epochs) and use the ddp_parts functions where the DDP "
+              "comments ask for them: each rank's share, the wrapped model, start_epoch every epoch.", speed)
+    if reference_state is None:   # student pack: the rank's observations are all there is
+        found = _diagnosis(outs, ws, p)
+        if found:
+            _fail(*found, speed)
+    actual = _evaluate(state, data)
+    try:
+        last = json.loads(outs[0]["metrics"])["epochs"][-1]
+        got = (float(last["val_accuracy"]), float(last["val_loss"]))
+    except (TypeError, ValueError, KeyError, IndexError) as exc:
+        _fail(f"rank 0's metrics JSON could not be read: {type(exc).__name__}: {exc}"[:300],
+              "Keep the scaffolding that writes the metrics JSON on rank 0 at the end of main().", speed)
+    if abs(got[0] - actual[0]) > ACCURACY_TOLERANCE or abs(got[1] - actual[1]) > LOSS_RTOL * max(1.0, actual[1]):
+        _fail(f"the reported validation accuracy {got[0]:.4f} and loss {got[1]:.4f} are not the model's: on all "
+              f"{len(data['val'][1])} validation images it has {actual[0]:.4f} and {actual[1]:.4f}",
+              "Report reduce_metrics(correct, total, loss_sum) of the validation counts, so every rank's "
+              "share of the validation set counts.", speed)
+    return gap
+
+
+# ------------------------------------------------------------------ the measurement
+
+IDLE_SHARE = 0.15   # of one core: more, while the learner's job has nothing to do, is background work
+
+
+def ideal_speedup(ws: int, profile: str, cpus: set[int] | None) -> float:
+    """N ranks can be at most N times as fast; on CPUs at most as many times as there are cores."""
+    cores = len(cpus) if cpus else len(os.sched_getaffinity(0))
+    return float(min(ws, cores) if profile == "cpu" else ws)
+
+
+def speed_figure(times: dict, rounds: int, ws: int, *, ideal: float, thresholds: dict, self_baseline: bool,
+                 label: str) -> dict | None:
+    """details["speedup"] from the complete rounds in `times` ((job, ranks, round) -> seconds), or None.
+
+    The baseline is the reference's 1-rank runs (the learner's own only in the student pack)."""
+    done = [i for i in range(rounds)
+            if all((job, ranks or ws, i) in times for job, ranks, _ in sides(i, self_baseline))]
+    if ws == 1 or not done:
+        return None
+    learner = [times["learner", ws, i] for i in done]
+    if self_baseline:
+        figure = measured.self_baseline([times["learner", 1, i] for i in done], learner, ideal=ideal,
+                                        floor_efficiency=thresholds["floor_efficiency"])
+    else:
+        reference = [times["reference", ws, i] for i in done]
+        figure = measured.calibrated([times["reference", 1, i] for i in done], reference, learner, ideal=ideal,
+                                     floor_efficiency=thresholds["floor_efficiency"],
+                                     reference_share=thresholds["reference_share"])
+        # The learner's N-rank runs against the reference's N-rank runs of the same rounds: a fail that comes
+        # from a drifting 1-rank baseline, while the learner kept the reference's pace, is undecided (a script
+        # that serialises its ranks or repeats the work keeps ~55% of it).
+        figure["pace"] = round(statistics.median([r / x for r, x in zip(reference, learner)]), 2)
+        if figure["decision"] == "fail" and figure["pace"] >= thresholds["pace_share"]:
+            figure["decision"] = "inconclusive"
+    return {**figure, "label": label}
+
+
+def sides(i: int, self_baseline: bool) -> list[tuple]:
+    """Round i's runs, (job, ranks, round), in the rotated order."""
+    runs = [("learner", 1), ("learner", None)] if self_baseline else \
+        [("reference", 1), ("reference", None), ("learner", None)]    # None: all N ranks
+    order = measured.rotations(i + 1, len(runs))[i]
+    return [(*runs[k], i) for k in order]
+
+
+def _measure(m) -> tuple[str, dict]:
+    p, ws = m.call.params, m.world_size
+    speed_wanted = ws > 1 and p["repeats"] > 0
+    sources = m.reference_sources()
+    jobs = {"learner": m.learner_job()}
+    if sources is not None:
+        jobs["reference"] = m.reference_job(sources, module=m.call.exercise.module)
+    self_baseline = sources is None
+    # The ranks import torch meanwhile: the rounds' secret data are drawn now.
+    rng = m.trial.rng
+    rounds = p["repeats"] if speed_wanted else 1
+    data = [_draw_round(rng, p["images"]) for _ in range(rounds)]
+    warmup = _draw_round(rng, p["warmup_images"]) if speed_wanted else None
+    for job in jobs.values():
+        m.ready(job)
+        if warmup is not None:
+            m.run(job, "ddp.train", _inputs(warmup, ws, ws, p, "warmup"))
+    times, results, gaps, speed, idle = {}, {}, [], None, [0.0, 0.0]   # idle: wall, learner's CPU seconds
+    ideal = ideal_speedup(ws, m.trial.profile, m.cpus)
+    label = f"{ws} ranks vs 1 (same {p['images'] * p['epochs']} images)"
+    for i in range(rounds):
+        for name, ranks, _ in sides(i, self_baseline):
+            if ranks == 1 and not speed_wanted:
+                continue   # correctness only: no baseline
+            world = ranks or ws
+            before = measured.cpu_seconds(jobs["learner"]) if name == "reference" else 0.0
+            done = m.run(jobs[name], "ddp.train", _inputs(data[i], world, ws, p, f"{name}{world}_{i}"))
+            times[name, world, i], results[name, world, i] = done.seconds, done.results()
+            if name == "reference":   # the learner's job had nothing to do: did it stay idle?
+                idle[0] += done.seconds
+                idle[1] += measured.cpu_seconds(jobs["learner"]) - before
+        speed = speed_figure(times, rounds, ws, ideal=ideal, thresholds=m.trial.thresholds,
+                             self_baseline=self_baseline, label=label) if speed_wanted else None
+        reference = results.get(("reference", ws, i))
+        reference_state = load_saved(reference[0]["checkpoint"])[0] if reference else None
+        if reference is not None and not is_state_dict(reference_state):
+            raise measured.ReferenceFailed("the reference script wrote no usable checkpoint")
+        gaps.append(_judge_run(results["learner", ws, i], reference_state, data[i], ws, p, speed))
+        if idle[1] > IDLE_SHARE * idle[0]:
+            _fail(f"while the reference script ran ({idle[0]:.1f} s), your job, which had nothing to do, used "
+                  f"{idle[1]:.1f} s of CPU", "Something in your files keeps working in the background (a thread or "
+                  "process started at import, or left running after main() returns). It slows down whatever runs "
+                  "beside it, the timed comparison runs included: start nothing at import, stop what main() "
+                  "starts before it returns.", speed)
+    what = (f"ddp_train.py on {ws} rank(s) trained like the reference script on {rounds} secret data set(s) (weights "
+            f"within {max(gaps):.1e}), checkpoint and metrics right" if sources is not None else
+            f"ddp_train.py on {ws} rank(s): its shares, DDP, checkpoint and metrics looked right (self-check)")
+    if speed is None:
+        why = "speed-up needs 2 or more ranks" if ws == 1 else "speed-up not measured (repeats=0)"
+        return f"{what}; {why}", {}
+    line = (f"{speed['measured']:.2f}x as fast as 1 rank (rounds {', '.join(f'{x:.2f}x' for x in speed['ratios'])}; "
+            f"pass line {speed['threshold']:.2f}x" + (f", reference {speed['reference']:.2f}x)" if "reference" in speed
+                                                      else ", your own 1-rank runs as the baseline)"))
+    if speed["decision"] == "inconclusive":
+        why = (f"even the reference reached only {speed['reference']:.2f}x (floor {speed['floor']:.2f}x)"
+               if speed["reference"] < speed["floor"] else
+               f"yet your {ws}-rank runs kept {speed['pace']:.0%} of the reference's pace in the same rounds")
+        raise Inconclusive(f"{what}, but the speed-up is undecided: {line}; {why}",
+                           "The machine is too busy to measure a speed-up now (other programs hold the cores): "
+                           "close them or wait, and run the check again.", {"speedup": speed})
+    if speed["decision"] == "fail":
+        _fail(f"{ws} ranks were only {line}", "Something makes the ranks wait for each other or repeat work: no "
+              "dist.barrier() or .item() on every step, no rank-0-only work inside the loop, each rank trains its "
+              "own share.", speed)
+    return f"{what}; {ws} ranks {line}", {"speedup": speed}
+
+
+CHECK = Check(id="ddp.train", functions=("main", "parse_args", "load_data"), measure=_measure, measures_speed=True,
+              explain=explain, defaults={"images": 256, "epochs": 1, "batch_size": 32, "repeats": 3,
+                                          "warmup_images": 32})

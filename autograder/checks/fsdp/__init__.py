@@ -1,0 +1,189 @@
+"""06_fsdp (fsdp_parts.py, fsdp_train.py): what the trusted side of the FSDP checks shares.
+
+Models travel as specs with their weights (rank/toolkit.py's build_model rebuilds them in the
+rank); weights and data are drawn here from the call's secret, each rank receiving only its own
+batches. What comes back (local shards, file bytes, losses) was made in the learner's process:
+every field is checked for its type before use, and files are read with torch.load(weights_only=True)
+after a static look at the pickle, which never runs it.
+
+Tolerance (ATOL + RTOL x |expected|, wherever FSDP's training is compared with another run): FSDP
+averages gradients with a reduce-scatter, DDP with an all-reduce, one process over one big batch:
+the same sums in another order. In float32 that moves parameters by ~1e-7 after a few steps
+(measured: 9e-8 for SGD, 2e-7 for Adam), so 1e-4 absolute + 1e-3 relative separates rounding from
+a real difference (a wrong gradient scale or ranks that never communicate move them by ~1e-3).
+Shards right after sharding are copies: compared exactly.
+"""
+from __future__ import annotations
+
+import io
+import math
+import pickletools
+import re
+import zipfile
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+from ...verdict import CheckFailed
+
+ATOL, RTOL = 1e-4, 1e-3
+TWICE = "can only be applied to a module once"   # fully_shard's own error message
+TWICE_HINT = ("fully_shard was applied twice to the same module. model.blocks() already lists every "
+              "block and the head: call fully_shard once on each of them, then once on the model "
+              "(and call shard_model only once per model).")
+TAMPERED_HINT = ("The course's rank driver sends back what your functions returned; something in your files "
+                 "changed it. Do not patch the course's own modules (autograder.*) from your code.")
+SHARDED_MARKS = ("DTensor", "ShardedTensor", "torch.distributed")   # in a pickle: a sharded-only checkpoint
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """torch on one thread for the block: the harness shares the cores with the ranks it waits for."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def explain(error: dict) -> str | None:
+    """A hint for an exception raised in the learner's code (None: the harness's generic one)."""
+    text = f"{error['type']}: {error['message']}"
+    if TWICE in text:
+        return TWICE_HINT
+    if re.search(r"NVIDIA driver|not compiled with CUDA|No CUDA GPUs|cuda.*not available", text, re.I):
+        return ("This rank has no GPU, yet something asked for CUDA: build the mesh on the device that "
+                "exists, init_device_mesh('cuda' if torch.cuda.is_available() else 'cpu', (world_size,)), "
+                "and pass it to every fully_shard call (without a mesh, fully_shard builds a CUDA one).")
+    if "BFloat16" in text or "bfloat16" in text:
+        return ("bf16 MixedPrecisionPolicy fails on CPU for convolutions followed by BatchNorm: leave "
+                "mp_policy out here (mixed precision is shown on a Linear model in the notebook).")
+    if "Default process group has not been initialized" in text:
+        return "Initialise the process group (dist.init_process_group) before building the device mesh."
+    return None
+
+
+# ------------------------------------------------------------------ secret models and data
+
+def random_state(generator, spec: dict) -> dict:
+    """The state dict of the EuroSATNet `spec` describes, with PyTorch's own initialisation seeded from the
+    generator (so it looks like a real model's); the global RNG is left as it was (a notebook kernel's)."""
+    import torch
+
+    from ...rank.toolkit import build_model
+
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_model(spec)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def rank_batches(generator, world_size: int, steps: int, per_rank: int) -> list[list]:
+    """[rank][step] = (images, labels): each rank's own slice of each step's global batch."""
+    import torch
+
+    out = [[] for _ in range(world_size)]
+    for _ in range(steps):
+        for r in range(world_size):
+            out[r].append((torch.randn(per_rank, 3, 64, 64, generator=generator),
+                           torch.randint(0, 10, (per_rank,), generator=generator)))
+    return out
+
+
+def chunk_of(full, rank: int, world_size: int):
+    """The rows of `full` that rank `rank` holds under FSDP2's Shard(0): torch.chunk's, empty past the end."""
+    import torch
+
+    chunks = torch.chunk(full, world_size, dim=0)
+    return chunks[rank] if rank < len(chunks) else full[:0]
+
+
+def excess(got, want) -> float:
+    """Largest |got - want| beyond ATOL + RTOL |want| (<= 0: within tolerance); inf on a shape mismatch."""
+    if tuple(got.shape) != tuple(want.shape):
+        return math.inf
+    if got.numel() == 0:
+        return -ATOL
+    if not want.is_floating_point():   # counters (BatchNorm's num_batches_tracked): exact
+        return -ATOL if got.dtype == want.dtype and bool((got == want).all()) else math.inf
+    got, want = got.detach().to(want.dtype), want.detach()   # float32: the tolerance is far above its rounding
+    return float(((got - want).abs() - (ATOL + RTOL * want.abs())).max())
+
+
+# ------------------------------------------------------------------ what the ranks sent (untrusted)
+
+def reply(outcome) -> dict:
+    """A rank's result, which the rank parts always send as a dict."""
+    if not isinstance(outcome.result, dict):
+        raise CheckFailed(f"rank {outcome.rank} sent back a {type(outcome.result).__name__}, not the rank part's "
+                          "result", TAMPERED_HINT)
+    return outcome.result
+
+
+def field(outcome, key: str, kind: type | tuple) -> Any:
+    value = reply(outcome).get(key)
+    if not isinstance(value, kind):
+        raise CheckFailed(f"rank {outcome.rank} sent back a malformed result ({key!r} is a "
+                          f"{type(value).__name__})", TAMPERED_HINT)
+    return value
+
+
+def tensors(outcome, key: str, names) -> dict:
+    """{name: tensor} for exactly the parameter names the model has (else CheckFailed)."""
+    import torch
+
+    value = field(outcome, key, dict)
+    if set(value) != set(names) or not all(isinstance(v, torch.Tensor) for v in value.values()):
+        raise CheckFailed(f"rank {outcome.rank}: {key} does not list the model's parameters (got "
+                          f"{sorted(value)[:3]}...)", TAMPERED_HINT)
+    return value
+
+
+# ------------------------------------------------------------------ checkpoint files (bytes the learner's process wrote)
+
+def pickle_names(raw: bytes) -> set[str]:
+    """Every string in a torch.save file's pickle (class and module names among them), read without running it."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(raw))
+        member = next(n for n in archive.namelist() if n.endswith("data.pkl"))
+        stream = archive.read(member)
+    except (zipfile.BadZipFile, StopIteration, KeyError, OSError):
+        stream = raw   # the legacy (non-zip) format is a pickle stream itself
+    names = set()
+    try:
+        for _, arg, _ in pickletools.genops(stream):
+            if isinstance(arg, str):
+                names.add(arg)
+    except Exception:  # noqa: a truncated or foreign stream; torch.load will name the problem
+        pass
+    return names
+
+
+def load_saved(raw: bytes) -> tuple[Any, str]:
+    """(object, "") from a checkpoint's bytes, or (None, why not): "sharded: ..." when it holds sharded tensors."""
+    import torch
+
+    marks = sorted(n for n in pickle_names(raw) if any(m in n for m in SHARDED_MARKS))
+    if marks:
+        return None, f"sharded: it holds {', '.join(marks[:2])}"
+    try:
+        return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True), ""
+    except Exception as exc:  # noqa: anything in the bytes may fail to load; the message names it
+        text = str(exc).strip().splitlines()
+        return None, f"{type(exc).__name__}: {text[0][:200] if text else ''}"
+
+
+def is_state_dict(obj: Any) -> bool:
+    import torch
+
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                      for k, v in obj.items())
+
+
+def worst(got: dict, want: dict) -> tuple[float, str]:
+    """(largest excess over the tolerance, its key) between two state dicts with the same keys."""
+    found = [(excess(got[k], w), k) for k, w in want.items()]
+    return max(found) if found else (-ATOL, "")

@@ -1,0 +1,29 @@
+"""scratch.naive: allreduce_gradients(model) -> None: after backward, every parameter's .grad becomes the mean
+of the ranks' gradients (one all-reduce per parameter).
+
+Scenario: an MLP with uneven layers and a buffer, the same secret initial weights on every rank,
+three SGD steps, each rank on its own secret batches. After every backward the rank part calls
+allreduce_gradients(model) and records every .grad; the harness computes the mean of the ranks'
+gradients in one process (reference.train_data_parallel) and compares step by step, then the
+final weights. Tolerance: 1e-4 relative (float32 sums in another order, see checks/scratch).
+A sum instead of a mean (N x), an unchanged local gradient, zeros or a missing .grad are named.
+"""
+from __future__ import annotations
+
+from .. import Check, Run
+from . import _dp
+
+
+def _judge(run: Run) -> str:
+    return _dp.judge(run, "naive")
+
+
+def _explain(error: dict) -> str | None:
+    text = f"{error['type']}: {error['message']}"
+    if "NoneType" in text and ("grad" in text or "all_reduce" in text):
+        return "Skip parameters whose .grad is None (the loss did not use them) before all-reducing."
+    return None
+
+
+CHECK = Check(id="scratch.naive", functions=("allreduce_gradients",), inputs=lambda t: _dp.inputs(t, "naive"),
+              expected=_dp.expected, judge=_judge, explain=_explain, defaults={"steps": 3})

@@ -1,0 +1,405 @@
+"""`course gpu-proof`: prove the course on a GPU host in one command, with everything written to one folder.
+
+    make gpu-proof                         # set up from a clean checkout, then run the proof (8 minutes at most)
+    course gpu-proof --out gpu-proof       # the proof alone; --dry-run plans it without running anything
+
+What it runs, on the gpu profile (NCCL, one rank per GPU), each part with its own time budget:
+- the environment: GPUs, driver, torch's CUDA and NCCL;
+- the data: the synthetic set offline, and the real EuroSAT where it can be downloaded;
+- every exercise's check with the source notebook's solution (must pass) at N ranks (N GPUs)
+  and, where N >= 2, also at 2; and typical mistakes (tests/controls) that must fail with their hint;
+- the speed and memory checks, with their measured, self-calibrated figures;
+- every notebook top to bottom (demos and launch cells), the executed copies kept.
+With one GPU, the multi-rank checks run on the cpu profile beside it, and the summary says so.
+
+The summary (summary.json) lists every step: what ran where, passed / failed / timed out,
+its figures and its log file; a one-screen table is printed. Every step is bounded and
+everything a step started is killed with it, so the proof never hangs past its budget.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import REPO_ROOT, course_root
+
+TOTAL_BUDGET = 8 * 60        # seconds for the whole proof on a GPU host
+CONTROLS = REPO_ROOT / "tests" / "controls"
+
+# Typical mistakes per assignment: (exercise, mistake, words its hint must contain). A mistake is a control file
+# under tests/controls, or an edit (old text, new text) of the source notebook's solution file for that exercise.
+MISTAKES: dict[str, list[tuple[str, str | tuple[str, str], str]]] = {
+    "02_torchrun": [("torchrun.mean", "torchrun/sum_not_mean.py", "divide by the world size"),
+                    ("torchrun.env", "torchrun/local_rank_as_rank.py", "LOCAL_RANK")],
+    "03_concepts": [("concepts.bubble", "concepts/bubble_over_m.py", "idle time with the busy time")],
+    "04_ddp": [("ddp.init", "ddp/always_cuda0.py", "LOCAL_RANK"),
+               ("ddp.data", "ddp/no_sampler.py", "every rank repeats the whole epoch")],
+    "05_pipeline": [("pipeline.schedule", ("loss_fn=loss_fn)", "loss_fn=loss_fn, scale_grads=False)"),
+                     "sum over microbatches"),
+                    ("pipeline.checkpoint", ("dcp.save(stage.submod.state_dict(),",
+                                             "dcp.save(dict(stage.submod.named_parameters()),"), "running statistics")],
+    "06_fsdp": [("fsdp.wrap", "fsdp/only_root.py", "only the root is an FSDP unit"),
+                ("fsdp.checkpoint", "fsdp/every_rank_writes.py", "every rank writes")],
+    "07_from_scratch": [("scratch.naive", "scratch/naive_summed.py", "summed, not averaged"),
+                        ("scratch.zero1", "scratch/zero1_whole_optimizer.py", "each rank stepped the whole model")],
+}
+
+ONE_RANK = ("02_torchrun", "04_ddp", "06_fsdp", "07_from_scratch")   # assignments whose checks run at 1 rank too
+
+
+@dataclass
+class Step:
+    name: str
+    kind: str                  # environment | data | check | mistake | measure | notebook
+    profile: str               # gpu | cpu
+    budget: float              # seconds
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Outcome:
+    name: str
+    kind: str
+    profile: str
+    status: str                # passed | failed | timed out | skipped | planned
+    seconds: float = 0.0
+    message: str = ""
+    figures: dict[str, Any] = field(default_factory=dict)
+    log: str = ""
+
+
+def _solution_folder(assignment: str, into: Path) -> Path:
+    from .cells import writefile_cells
+
+    notebook = course_root() / "source" / assignment / f"{assignment}.ipynb"
+    folder = into / "solutions" / assignment
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in writefile_cells(json.loads(notebook.read_text())).items():
+        (folder / name).write_text(text)
+    return folder
+
+
+def plan(gpus: int, *, profile: str = "gpu", quick: bool = False) -> list[Step]:
+    """Every step of the proof for a host with `gpus` GPUs (the cpu profile: a CPU-only rehearsal)."""
+    from . import checks
+    from .course import load_course
+
+    course = load_course()
+    steps = [Step("environment: GPUs, driver, torch CUDA, NCCL", "environment", profile, 30),
+             Step("data: synthetic EuroSAT, offline", "data", "cpu", 30, {"source": "synthetic"})]
+    if not quick:
+        steps.append(Step("data: the real EuroSAT, if it can be downloaded", "data", "cpu", 60, {"source": "auto"}))
+    multi = profile if gpus >= 2 or profile == "cpu" else "cpu"   # one GPU: multi-rank checks on the CPUs
+    if profile == "gpu" and gpus >= 2:
+        sizes = sorted({gpus, 2})
+    elif profile == "gpu":
+        sizes = [1, 2]      # one GPU: one rank on it, two ranks on the CPUs
+    else:
+        sizes = [2]
+    graded = [a for a in course.assignments if a.graded]
+    if quick:
+        graded = graded[:1]
+    for a in graded:
+        for ws in sizes:
+            where = multi if ws > 1 else profile
+            if ws == 1 and a.id not in ONE_RANK:
+                continue
+            plain = [e.id for e in a.exercises if checks.get(e.id).measure is None]
+            if plain:
+                steps.append(Step(f"{a.id}: solution checks at {ws} rank(s)", "check", where, 90,
+                                  {"assignment": a.id, "exercises": plain, "world_size": ws}))
+        for exercise, mistake, words in MISTAKES.get(a.id, [])[: 1 if quick else 2]:
+            label = Path(mistake).stem if isinstance(mistake, str) else f"solution edited ({words})"
+            steps.append(Step(f"{a.id}: mistake {label} in {exercise}", "mistake", multi, 60,
+                              {"assignment": a.id, "exercise": exercise, "mistake": mistake, "words": words}))
+        if not quick:
+            for e in a.exercises:
+                if checks.get(e.id).measure is not None:
+                    steps.append(Step(f"{a.id}: {e.id} measured", "measure", multi, 120,
+                                      {"assignment": a.id, "exercise": e.id}))
+    notebooks = [a for a in course.assignments][: 1 if quick else None]
+    for a in notebooks:
+        steps.append(Step(f"notebook {a.id}, top to bottom", "notebook", profile, 240, {"assignment": a.id}))
+    return steps
+
+
+def check_plan(steps: list[Step], gpus: int) -> list[str]:
+    """The proof's own bookkeeping: what is wrong with a plan (empty when nothing)."""
+    from .course import load_course
+
+    problems = []
+    course = load_course()
+    covered = {e for s in steps if s.kind == "check" for e in s.args["exercises"]}
+    measured = {s.args["exercise"] for s in steps if s.kind == "measure"}
+    missing = [e.id for e in course.exercises if e.id not in covered | measured]
+    if missing:
+        problems.append(f"exercises never checked: {', '.join(missing)}")
+    for s in steps:
+        if s.kind != "mistake":
+            continue
+        mistake = s.args["mistake"]
+        if isinstance(mistake, str) and not (CONTROLS / mistake).is_file():
+            problems.append(f"{s.name}: no control file {mistake}")
+        elif not isinstance(mistake, str) and mistake[0] not in _solution_text(s.args["assignment"], s.args["exercise"]):
+            problems.append(f"{s.name}: the solution has no {mistake[0]!r} to edit")
+    if gpus == 1 and any(s.kind in ("check", "mistake", "measure") and s.profile == "gpu" and
+                         s.args.get("world_size", 2) > 1 for s in steps):
+        problems.append("with one GPU, a multi-rank step is planned on the gpu profile")
+    notebooks = {s.args["assignment"] for s in steps if s.kind == "notebook"}
+    if notebooks != {a.id for a in course.assignments}:
+        problems.append(f"notebooks not run: {sorted({a.id for a in course.assignments} - notebooks)}")
+    return problems
+
+
+# ------------------------------------------------------------------ running the steps
+
+def _environment(step: Step, out: Path) -> Outcome:
+    code = ("import json, torch; d = {'torch': torch.__version__, 'cuda': torch.version.cuda, "
+            "'available': torch.cuda.is_available(), 'gpus': torch.cuda.device_count(), "
+            "'names': [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]}\n"
+            "try:\n    d['nccl'] = '.'.join(map(str, torch.cuda.nccl.version()))\nexcept Exception as e:\n"
+            "    d['nccl'] = f'unavailable ({type(e).__name__})'\nprint(json.dumps(d))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=step.budget)
+    smi = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20) \
+        if _which("nvidia-smi") else None
+    figures = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else {}
+    figures["nvidia-smi"] = smi.stdout.strip() if smi else "not installed"
+    ok = done.returncode == 0 and (step.profile == "cpu" or figures.get("available"))
+    return Outcome(step.name, step.kind, step.profile, "passed" if ok else "failed",
+                   message="" if ok else (done.stderr[-500:] or "torch sees no CUDA device"), figures=figures)
+
+
+def _which(name: str) -> bool:
+    import shutil
+
+    return shutil.which(name) is not None
+
+
+def _data(step: Step, out: Path) -> Outcome:
+    target = out / ("data-real" if step.args["source"] == "auto" else "data")
+    env = {**os.environ, "COURSE_DATA_DIR": str(target)}
+    done = subprocess.run([sys.executable, "-m", "autograder.cli", "data", "--source", step.args["source"]],
+                          capture_output=True, text=True, timeout=step.budget, env=env)
+    manifest = target / "manifest.json"
+    figures = json.loads(manifest.read_text()) if manifest.exists() else {}
+    real = step.args["source"] == "auto"
+    status = "passed" if done.returncode == 0 else ("skipped" if real else "failed")
+    message = (done.stdout + done.stderr).strip().splitlines()[-1:] or [""]
+    return Outcome(step.name, step.kind, step.profile, status, message=message[0][:300],
+                   figures={k: figures[k] for k in ("source", "images") if k in figures})
+
+
+def _checks(step: Step, out: Path) -> Outcome:
+    from .harness import VerdictCache, run_check
+
+    folder = _solution_folder(step.args["assignment"], out)
+    from .course import load_course
+
+    course = load_course()
+    cache, failed, texts = VerdictCache(), [], []
+    for exercise in step.args["exercises"]:
+        module = folder / course.exercise(exercise).module
+        v = run_check(exercise, module=module, world_size=step.args["world_size"], profile=step.profile, cache=cache)
+        texts.append(v.to_text(verbose=not v.passed))
+        if not v.passed:
+            failed.append(f"{exercise}: {v.status}: {v.message[:200]}")
+    status = "timed out" if any("TIME-OUT" in t for t in texts) else ("failed" if failed else "passed")
+    return Outcome(step.name, step.kind, step.profile, status, message="; ".join(failed), log="\n\n".join(texts))
+
+
+def _solution_text(assignment: str, exercise: str) -> str:
+    from .cells import writefile_cells
+    from .course import load_course
+
+    notebook = course_root() / "source" / assignment / f"{assignment}.ipynb"
+    return writefile_cells(json.loads(notebook.read_text())).get(load_course().exercise(exercise).module, "")
+
+
+def _mistake(step: Step, out: Path) -> Outcome:
+    from .course import load_course
+    from .harness import run_check
+
+    mistake = step.args["mistake"]
+    if isinstance(mistake, str):
+        module = CONTROLS / mistake
+    else:   # the solution with one edit, in a folder of its own (next to the solution's other files)
+        folder = _solution_folder(step.args["assignment"], out / "mistakes" / f"{abs(hash(step.name)):x}")
+        module = folder / load_course().exercise(step.args["exercise"]).module
+        module.write_text(module.read_text().replace(mistake[0], mistake[1], 1))
+    v = run_check(step.args["exercise"], module=module, profile=step.profile)
+    named = step.args["words"] in v.message + " " + v.hint
+    ok = not v.passed and named
+    return Outcome(step.name, step.kind, step.profile, "passed" if ok else "failed",
+                   message="" if ok else f"expected a fail naming {step.args['words']!r}; got: {v.headline[:200]}",
+                   log=v.to_text(verbose=True))
+
+
+def _measure(step: Step, out: Path) -> Outcome:
+    from .course import load_course
+    from .harness import run_check
+
+    module = _solution_folder(step.args["assignment"], out) / load_course().exercise(step.args["exercise"]).module
+    v = run_check(step.args["exercise"], module=module, profile=step.profile)
+    figures = {k: v.details[k] for k in ("speedup", "memory") if k in v.details}
+    status = "passed" if v.passed else ("skipped" if v.status == "inconclusive" else "failed")
+    return Outcome(step.name, step.kind, step.profile, status, message=v.message[:300], figures=figures,
+                   log=v.to_text(verbose=True))
+
+
+def _notebook(step: Step, out: Path) -> Outcome:
+    import shutil
+
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+
+    assignment = step.args["assignment"]
+    work = Path(tempfile.mkdtemp(prefix=f"course-proof-{assignment}-"))
+    try:
+        shutil.copy(course_root() / "source" / assignment / f"{assignment}.ipynb", work)
+        nb = nbformat.read(work / f"{assignment}.ipynb", as_version=4)
+        client = NotebookClient(nb, timeout=int(step.budget), kernel_name="python3",
+                                resources={"metadata": {"path": str(work)}})
+        status, message = "passed", ""
+        try:
+            client.execute()
+        except CellTimeoutError as exc:
+            status, message = "timed out", str(exc).splitlines()[0][:300]
+        except (CellExecutionError, DeadKernelError) as exc:
+            status, message = "failed", str(exc).strip().splitlines()[-1][:300]
+        (out / "notebooks").mkdir(exist_ok=True)
+        nbformat.write(nb, out / "notebooks" / f"{assignment}.ipynb")
+        return Outcome(step.name, step.kind, step.profile, status, message=message)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+RUNNERS = {"environment": _environment, "data": _data, "check": _checks, "mistake": _mistake, "measure": _measure,
+           "notebook": _notebook}
+
+
+def _run_step(step: Step, out: Path) -> Outcome:
+    """One step in a child process of its own, killed (with everything it started) when its budget runs out."""
+    result = out / "steps" / f"{abs(hash(step.name)):x}.json"
+    result.parent.mkdir(parents=True, exist_ok=True)
+    log = out / "logs" / (step.name.replace(" ", "_").replace(":", "").replace("/", "-")[:80] + ".log")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "COURSE_PROFILE": step.profile, "COURSE_DATA_DIR": str(out / "data")}
+    start = time.monotonic()
+    with open(log, "w") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "autograder.gpuproof", "--step", json.dumps(asdict(step)),
+                                 "--result", str(result), "--out", str(out)], stdout=f, stderr=subprocess.STDOUT,
+                                env=env, start_new_session=True)
+        try:
+            proc.wait(timeout=step.budget + 30)
+        except subprocess.TimeoutExpired:
+            pass
+        finally:
+            _kill_group(proc)
+    seconds = round(time.monotonic() - start, 1)
+    try:
+        outcome = Outcome(**json.loads(result.read_text()))
+    except (OSError, ValueError, TypeError):
+        outcome = Outcome(step.name, step.kind, step.profile,
+                          "timed out" if seconds >= step.budget + 30 else "failed",
+                          message=f"the step ended without a result after {seconds:.0f} s (see its log)")
+    outcome.seconds, outcome.log = seconds, str(log.relative_to(out))
+    return outcome
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
+
+
+def run(out: str | Path, *, gpus: int | None = None, profile: str | None = None, quick: bool = False,
+        dry_run: bool = False) -> dict:
+    """Plan and (unless dry_run) run the proof; write out/summary.json; return the summary."""
+    from .policy import visible_gpu_count
+
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    gpus = visible_gpu_count() if gpus is None else gpus
+    profile = profile or ("gpu" if gpus >= 1 else "cpu")
+    steps = plan(gpus, profile=profile, quick=quick)
+    problems = check_plan(steps, gpus) if not quick else []
+    summary: dict = {"gpus": gpus, "profile": profile, "budget_seconds": sum(s.budget for s in steps),
+                     "plan_problems": problems, "steps": []}
+    deadline = time.monotonic() + TOTAL_BUDGET * (3 if profile == "cpu" else 1)
+    for step in steps:
+        if dry_run:
+            outcome = Outcome(step.name, step.kind, step.profile, "planned")
+        elif time.monotonic() + 10 > deadline:
+            outcome = Outcome(step.name, step.kind, step.profile, "skipped", message="the proof's time is up")
+        else:
+            outcome = _run_step(step, out)
+        summary["steps"].append(asdict(outcome))
+        (out / "summary.json").write_text(json.dumps(summary, indent=1))
+        if not dry_run:
+            print(f"  {outcome.status:<10} {outcome.seconds:>5.0f} s  [{outcome.profile}] {outcome.name}", flush=True)
+    counts: dict[str, int] = {}
+    for s in summary["steps"]:
+        counts[s["status"]] = counts.get(s["status"], 0) + 1
+    summary["counts"] = counts
+    summary["passed"] = not problems and all(s["status"] in ("passed", "planned") or
+                                             (s["status"] == "skipped" and s["kind"] in ("data", "measure"))
+                                             for s in summary["steps"])
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def one_screen(summary: dict) -> str:
+    """The summary as a short table: every step that did not pass, the figures, and the totals."""
+    lines = [f"gpu-proof: {summary['gpus']} GPU(s), profile {summary['profile']}"]
+    lines += [f"  plan problem: {p}" for p in summary["plan_problems"]]
+    for s in summary["steps"]:
+        if s["status"] not in ("passed", "planned"):
+            lines.append(f"  {s['status'].upper():<10} [{s['profile']}] {s['name']}: {s['message'][:110]}")
+        for key, figure in s["figures"].items():
+            if key in ("speedup", "memory"):
+                lines.append(f"  {'figure':<10} [{s['profile']}] {s['name']}: {_figure_text(key, figure)}")
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(summary["counts"].items()))
+    lines.append(f"{'PASSED' if summary['passed'] else 'FAILED'}: {counts}")
+    return "\n".join(lines)
+
+
+def _figure_text(key: str, figure: Any) -> str:
+    if isinstance(figure, dict):
+        wanted = [k for k in ("measured", "ratio", "reference", "threshold", "ideal", "decision") if k in figure]
+        return ", ".join(f"{k} {figure[k]:.2f}" if isinstance(figure[k], (int, float)) else f"{k} {figure[k]}"
+                         for k in wanted) or json.dumps(figure)[:100]
+    return json.dumps(figure)[:100]
+
+
+def _step_main(argv: list[str]) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--step", required=True)
+    p.add_argument("--result", required=True)
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    step = Step(**json.loads(args.step))
+    try:
+        outcome = RUNNERS[step.kind](step, Path(args.out))
+    except Exception as exc:  # noqa: a step that breaks is a failed step, with the reason
+        outcome = Outcome(step.name, step.kind, step.profile, "failed", message=f"{type(exc).__name__}: {exc}"[:500])
+    print(outcome.log or outcome.message, flush=True)   # the step's log file: the verdicts in full
+    Path(args.result).write_text(json.dumps(asdict(outcome)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_step_main(sys.argv[1:]))

@@ -1,0 +1,123 @@
+"""07_from_scratch checks: the notebook's reference passes at 1, 2 and 3 ranks, the blank stubs are not
+implemented, and every typical mistake (tests/controls/scratch/) fails with a hint that names it.
+
+Cost: naive, zero1 and gpipe share one launch per world size (a VerdictCache runs them as
+companions); bucketed runs jobs of its own (its correctness alone with speed=False here; the
+overlap measurement, with a shaped loopback, only in the timing tests).
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from autograder import run_check
+from autograder.harness import VerdictCache
+from conftest import control, require_sandbox, solution, stub
+
+SHARED = ("scratch.naive", "scratch.zero1", "scratch.gpipe")
+EXERCISES = SHARED + ("scratch.bucketed",)
+
+
+def _reference():
+    return solution("07_from_scratch", "scratch_parts.py")
+
+
+# ------------------------------------------------------------------ the reference passes
+
+@pytest.mark.slow
+@pytest.mark.parametrize("world_size", [2, 3, 1])
+def test_reference_passes(world_size):
+    """naive, zero1 and gpipe in one launch; then bucketed's correctness (three bucket caps, a buffer, an
+    unused layer) in a job of its own."""
+    cache = VerdictCache()
+    verdicts = {}
+    for exercise in SHARED:
+        verdicts[exercise] = v = run_check(exercise, module=_reference(), world_size=world_size, cache=cache)
+        assert v.passed and v.status == "pass", v.to_text()
+    # ZeRO-1's memory picture: each rank's Adam state against plain Adam's; disjoint shards add up to it
+    memory = verdicts["scratch.zero1"].details["memory"]
+    plain, sharded = memory["bytes"]["plain Adam (every rank)"], memory["bytes"]["ShardedOptimizer"]
+    assert sum(sharded) == plain[0] and max(sharded) <= (0.75 if world_size > 1 else 1) * plain[0], memory
+    assert verdicts["scratch.zero1"].figure_png() and verdicts["scratch.gpipe"].figure_png()
+    v = run_check("scratch.bucketed", module=_reference(), world_size=world_size, speed=False)
+    assert v.passed and v.status == "pass", v.to_text()
+    assert "overlap not measured" in v.message
+
+
+# ------------------------------------------------------------------ the blanks
+
+@pytest.mark.parametrize("exercise", EXERCISES)
+def test_blank_stub_is_not_implemented(exercise):
+    v = run_check(exercise, module=stub("07_from_scratch", "scratch_parts.py"))
+    assert v.status == "not-implemented" and "NotImplementedError" in v.message, v.to_text()
+    assert "YOUR CODE HERE" in v.hint
+
+
+# ------------------------------------------------------------------ mistakes (correctness)
+
+@pytest.mark.slow
+@pytest.mark.parametrize("exercise, mistake, overrides, words", [
+    ("scratch.naive", "naive_summed", {}, "summed, not averaged"),
+    ("scratch.bucketed", "bucketed_no_broadcast", {}, "dist.broadcast with src=0"),
+    ("scratch.bucketed", "bucketed_buffers_not_broadcast", {}, "Broadcast the module's buffers too"),
+    ("scratch.bucketed", "bucketed_early_launch", {}, "only when the last of its gradients is ready"),
+    ("scratch.bucketed", "bucketed_unused_never_launched", {}, "its bucket never fills"),
+    ("scratch.zero1", "zero1_overlapping_shards", {}, "the shards overlap"),
+    ("scratch.zero1", "zero1_missing_parameter", {}, "it is in no shard"),
+    ("scratch.zero1", "zero1_whole_optimizer", {}, "each rank stepped the whole model"),
+    ("scratch.zero1", "zero1_no_broadcast", {"world_size": 3}, "broadcast(p, src=shard_of(p))"),
+    ("scratch.gpipe", "gpipe_unscaled", {}, "added up without scaling"),
+    ("scratch.gpipe", "gpipe_sends_after_all_forwards", {}, "only after stage 0 had finished all of its forwards"),
+])
+def test_mistake_is_rejected_with_a_hint_that_names_it(exercise, mistake, overrides, words):
+    if exercise == "scratch.bucketed":
+        overrides = {**overrides, "speed": False}   # the mistake is in the values: no need to measure
+    v = run_check(exercise, module=control("scratch", mistake), **overrides)
+    assert not v.passed and v.status == "fail", v.to_text()
+    assert words in v.message + " " + v.hint, v.to_text()
+
+
+@pytest.mark.slow
+def test_a_middle_stage_that_sends_before_receiving_deadlocks_into_a_time_out_naming_each_rank():
+    """3 stages: the middle one waits for a gradient the last stage sends only after its next activation. The
+    harness stops the job at the time limit (far below gloo's own timeout) and names every rank's line."""
+    v = run_check("scratch.gpipe", module=control("scratch", "gpipe_middle_sends_first"), world_size=3, time_limit=40)
+    assert v.status == "timeout", v.to_text()
+    assert "TIME-OUT" in v.headline
+    for rank in range(3):
+        assert f"rank {rank}: gpipe_middle_sends_first.py line" in v.message, v.message
+    assert set(v.stacks) == {"rank 0", "rank 1", "rank 2"}, v.stacks.keys()
+
+
+# ------------------------------------------------------------------ overlap, measured (timing)
+
+def _require_shaping():
+    require_sandbox()
+    if os.geteuid() != 0:
+        pytest.skip("shaping the job's loopback needs root (the check then says the overlap is not measured)")
+
+
+@pytest.mark.timing
+def test_reference_overlap_beats_naive():
+    _require_shaping()
+    v = run_check("scratch.bucketed", module=_reference(), world_size=2)
+    assert v.passed, v.to_text()
+    overlap = v.details["overlap"]
+    assert overlap["speedup"]["yours"] >= overlap["speedup"]["threshold"], overlap
+    assert {"naive (reference)", "bucketed (yours)"} <= set(overlap["timelines"]), overlap
+    assert v.figure_png()
+
+
+@pytest.mark.timing
+@pytest.mark.parametrize("mistake, words", [
+    ("bucketed_no_overlap", "started only after backward had finished"),
+    ("bucketed_sync_hooks", "all-reduce synchronously"),
+    ("bucketed_registration_order", "registration order"),
+])
+def test_no_overlap_fails_with_a_hint_that_says_so(mistake, words):
+    _require_shaping()
+    v = run_check("scratch.bucketed", module=control("scratch", mistake), world_size=2)
+    assert v.status in ("fail", "inconclusive"), v.to_text()
+    if v.status == "fail":   # inconclusive: the machine was too busy for even the reference (never a fail)
+        assert "does not overlap the backward" in v.message and words in v.hint, v.to_text()
