@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="reference speed-ups, each check's cost over a bare torchrun, and grading "
                                      "cost, on this machine")
-    b.add_argument("names", nargs="*", help="benchmarks to run: floor, ddp, pipeline, fsdp (the default: all four), "
+    b.add_argument("names", nargs="*", help="benchmarks to run: floor, ddp, pipeline, fsdp, scratch (the default: all five), "
                                             "grading, throughput (long: only when named)")
     b.set_defaults(run=_bench)
 

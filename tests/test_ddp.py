@@ -15,7 +15,6 @@ from autograder import run_check
 from autograder.checks import Run, Trial, get
 from autograder.checks.ddp import train
 from autograder.harness import VerdictCache
-from autograder.measure import pair_order, paired_speedup, summarize
 from autograder.session import RankOutcome
 from autograder.verdict import CheckFailed
 from conftest import control, solution
@@ -275,14 +274,3 @@ def test_results_the_judge_cannot_read_fail_the_check(exercise, garbage):
               expected=check.expected(trial, inputs) if check.expected else None)
     with pytest.raises(CheckFailed):
         check.judge(run)
-
-
-def test_paired_speedup_alternates_and_takes_the_median():
-    assert pair_order(3) == [("a", "b"), ("b", "a"), ("a", "b")]
-    calls = []
-    baseline = iter([4.0, 4.0, 9.0, 4.0])      # warm-up, then one disturbed baseline run
-    result = paired_speedup(lambda: calls.append("a") or next(baseline), lambda: calls.append("b") or 2.0,
-                            repeats=3, warmup=1, work=100)
-    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]
-    assert result["ratios"] == [2.0, 4.5, 2.0] and result["median_ratio"] == 2.0
-    assert summarize([4.0], [2.0], work=8)["parallel_rate"] == 4.0
