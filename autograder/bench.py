@@ -11,7 +11,6 @@ import contextlib
 import io
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -198,10 +197,11 @@ def _grade_copies(b: Bench, assignment: str, copies: int, *, jobs: int, shortcut
 
     a = load_course().assignment(assignment)
     run = b.folder / f"grade-{assignment}-{copies}x-jobs{jobs}-{'with' if shortcuts else 'without'}"
+    handed_in = _as_handed_in(course_root() / "source" / a.id / a.notebook)
     for i in range(copies):
         folder = run / "submissions" / f"student{i + 1:02d}" / a.id
         folder.mkdir(parents=True)
-        shutil.copy(course_root() / "source" / a.id / a.notebook, folder / a.notebook)
+        (folder / a.notebook).write_text(handed_in)
     # The switch reaches the grading jobs through the environment they inherit.
     with environment({SHORTCUTS_ENV: "on" if shortcuts else "off"}), contextlib.redirect_stdout(io.StringIO()):
         start = time.perf_counter()
@@ -210,9 +210,32 @@ def _grade_copies(b: Bench, assignment: str, copies: int, *, jobs: int, shortcut
     return seconds, [Record.load(p) for p in sorted((run / "out" / "records").glob("*/*.json"))]
 
 
+def _as_handed_in(source: Path) -> str:
+    """The source notebook as a student who solved everything hands it in: the solutions kept, the hidden tests
+    gone (the released test cells do not have them; grading would flag the difference as tampering)."""
+    from .reverify import HIDDEN
+
+    nb = json.loads(source.read_text())
+    for cell in nb["cells"]:
+        text = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+        if HIDDEN.search(text):
+            cell["source"] = HIDDEN.sub("", text).rstrip("\n").splitlines(keepends=True)
+    return json.dumps(nb, indent=1)
+
+
 def _full_marks(records: list, points: float) -> bool:
     return all(r is not None and r.status == "graded" and not r.flags and sum(r.points.values()) == points
                for r in records)
+
+
+def _why_not_full(records: list, points: float) -> str:
+    """What kept a full-marks submission from full marks: its status, points and flags."""
+    for r in records:
+        if r is None:
+            return "no record written"
+        if not _full_marks([r], points):
+            return f"{r.status}, {sum(r.points.values()):g}/{points:g}" + (f"; {'; '.join(r.flags)}" if r.flags else "")
+    return ""
 
 
 def bench_grading(b: Bench) -> None:
@@ -221,14 +244,15 @@ def bench_grading(b: Bench) -> None:
     for a in load_course().assignments:
         if not a.graded:
             continue
-        seconds, ok = {}, True
+        seconds, why = {}, ""
         for shortcuts in (False, True):
             _, records = _grade_copies(b, a.id, 1, jobs=1, shortcuts=shortcuts)
             seconds[shortcuts] = records[0].seconds if records and records[0] else float("nan")
             totals[shortcuts] += seconds[shortcuts]
-            ok = ok and _full_marks(records, a.points)
+            if not _full_marks(records, a.points):
+                why = why or f"{'with' if shortcuts else 'without'}: {_why_not_full(records, a.points)}"
         _line(f"{a.id}: one submission, without -> with", f"{seconds[False]:.0f} s -> {seconds[True]:.0f} s "
-              f"({seconds[False] / seconds[True]:.2f}x faster)" + ("" if ok else "  [NOT FULL MARKS]"))
+              f"({seconds[False] / seconds[True]:.2f}x faster)" + (f"  [NOT FULL MARKS: {why}]" if why else ""))
     _line("all graded assignments, without -> with", f"{totals[False]:.0f} s -> {totals[True]:.0f} s "
           f"({totals[False] / totals[True]:.2f}x faster)")
 
