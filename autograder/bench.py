@@ -194,10 +194,11 @@ def _grade_copies(b: Bench, assignment: str, copies: int, *, jobs: int, shortcut
     and the records, whose `seconds` is one submission's autograde from start to feedback.
     """
     from .grading import Record, grade
+    from .submissions import solved
 
     a = load_course().assignment(assignment)
     run = b.folder / f"grade-{assignment}-{copies}x-jobs{jobs}-{'with' if shortcuts else 'without'}"
-    handed_in = _as_handed_in(course_root() / "source" / a.id / a.notebook)
+    handed_in = solved(course_root() / "source" / a.id / a.notebook)
     for i in range(copies):
         folder = run / "submissions" / f"student{i + 1:02d}" / a.id
         folder.mkdir(parents=True)
@@ -208,19 +209,6 @@ def _grade_copies(b: Bench, assignment: str, copies: int, *, jobs: int, shortcut
         grade(run / "submissions", out=run / "out", assignments=[a.id], jobs=jobs, progress=False)
         seconds = time.perf_counter() - start
     return seconds, [Record.load(p) for p in sorted((run / "out" / "records").glob("*/*.json"))]
-
-
-def _as_handed_in(source: Path) -> str:
-    """The source notebook as a student who solved everything hands it in: the solutions kept, the hidden tests
-    gone (the released test cells do not have them; grading would flag the difference as tampering)."""
-    from .reverify import HIDDEN
-
-    nb = json.loads(source.read_text())
-    for cell in nb["cells"]:
-        text = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
-        if HIDDEN.search(text):
-            cell["source"] = HIDDEN.sub("", text).rstrip("\n").splitlines(keepends=True)
-    return json.dumps(nb, indent=1)
 
 
 def _full_marks(records: list, points: float) -> bool:

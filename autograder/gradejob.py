@@ -164,8 +164,9 @@ def grade_one(out: Path, student: str, assignment_id: str, notebook: Path, *, sa
     undecided = [g for g, r in checked.exercises.items() if r.inconclusive]
     if undecided:
         record.status = MANUAL
-        record.flags.append(f"{MANUAL}: {', '.join(undecided)} could not be measured on this machine (even the "
-                            f"reference missed the line: the machine was busy); run course grade again to re-grade")
+        record.flags.append(f"{MANUAL}: {', '.join(undecided)} could not be decided on this machine (the code is "
+                            f"right, but the machine was too busy or its speed drifted during the measurement: see "
+                            f"the feedback for the figures); run course grade again to re-grade")
     with tempfile.TemporaryDirectory(prefix="course-trusted-") as folder:
         os.chmod(folder, 0o755)
         trusted = Path(folder) / "trusted-verdicts.json"

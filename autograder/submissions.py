@@ -71,3 +71,18 @@ def collect(submissions: Path, assignments: list[Assignment], into: Path) -> lis
         raise ConfigError(f"{submissions}: no submissions found; expected STUDENT/ASSIGNMENT/NOTEBOOK.ipynb "
                           f"or an LMS zip with files named STUDENT_..._NOTEBOOK.ipynb")
     return list(found.values())
+
+
+def solved(source: Path) -> str:
+    """The source notebook as a student who solved everything hands it in: the solutions kept, the hidden tests
+    gone (released test cells do not have them: grading would flag the difference as tampering)."""
+    import json
+
+    from .reverify import HIDDEN
+
+    nb = json.loads(source.read_text())
+    for cell in nb["cells"]:
+        text = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+        if HIDDEN.search(text):
+            cell["source"] = HIDDEN.sub("", text).rstrip("\n").splitlines(keepends=True)
+    return json.dumps(nb, indent=1)
