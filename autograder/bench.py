@@ -188,7 +188,7 @@ def bench_scratch(b: Bench) -> None:
 
 
 def _grade_copies(b: Bench, assignment: str, copies: int, *, jobs: int, shortcuts: bool) -> tuple[float, list]:
-    """`course grade --jobs N` on `copies` students who all hand in the source notebook (full marks).
+    """`course grade --jobs N` on `copies` students who all hand in the solved source notebook (full marks).
 
     Returns the wall time of the whole run (it generates the assignment's template once)
     and the records, whose `seconds` is one submission's autograde from start to feedback.
