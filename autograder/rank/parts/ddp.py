@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..device import ddp_device_ids
 from ..groupwatch import Refused, device_str, init_args, init_problem, simulate_gpu_host, vote
-from ..toolkit import build_model, environment, float32, patched, state_of
+from ..toolkit import build_model, environment, float32, patched, secret_synthetic_tensors, state_of
 
 
 # ================================================================ ddp.init
@@ -256,15 +256,8 @@ def train(ctx, learner, inputs):
     world = inputs["world"]
     if ctx.rank >= world:
         return {"idle": True}
-    seed, given = inputs["seed"], {}
-    for name, offset in (("train", 0), ("val", 1)):
-        images, labels = inputs[name]
-        given[len(labels), seed + offset] = (images.float() / 255, labels)   # exactly synthetic_tensors' values
-    real = eurosat.data.synthetic_tensors
-
-    def injected(n, *, seed=0, size=eurosat.data.IMAGE_SIZE):
-        found = given.get((n, seed)) if size == eurosat.data.IMAGE_SIZE else None
-        return (found[0].clone(), found[1].clone()) if found else real(n, seed=seed, size=size)
+    seed = inputs["seed"]
+    real, injected = secret_synthetic_tensors(inputs)
 
     folder = ctx.scratch / inputs["tag"]
     folder.mkdir(exist_ok=True)

@@ -13,7 +13,7 @@ import sys
 import time
 from contextlib import ExitStack
 
-from ..toolkit import build_model, environment, float32, patched
+from ..toolkit import build_model, environment, float32, patched, secret_synthetic_tensors
 
 TWICE = "can only be applied to a module once"   # fully_shard's own error for a module sharded twice
 SAVE_DELAY = 0.5   # seconds each torch.save waits before writing: a rank that does not wait for the writer sees no file
@@ -219,15 +219,8 @@ def train(ctx, learner, inputs):
 
     import eurosat.data
 
-    seed, given = inputs["seed"], {}
-    for name, offset in (("train", 0), ("val", 1)):
-        images, labels = inputs[name]
-        given[len(labels), seed + offset] = (images.float() / 255, labels)   # exactly synthetic_tensors' values
-    real = eurosat.data.synthetic_tensors
-
-    def injected(n, *, seed=0, size=eurosat.data.IMAGE_SIZE):
-        found = given.get((n, seed)) if size == eurosat.data.IMAGE_SIZE else None
-        return (found[0].clone(), found[1].clone()) if found else real(n, seed=seed, size=size)
+    seed = inputs["seed"]
+    real, injected = secret_synthetic_tensors(inputs)
 
     folder = ctx.scratch / inputs["tag"]
     folder.mkdir(exist_ok=True)
