@@ -14,6 +14,21 @@ and when even the reference stays under the floor the verdict is INCONCLUSIVE (r
 quieter machine), never a fail. Each round runs its three sides in a rotated order (ABC,
 CAB, BCA, ...), so a drift in the machine's speed hits every side alike.
 
+A fail needs evidence beyond the machine's noise, because the learner's parallel runs and the
+reference's are two samples of one distribution when the learner's code is right:
+
+    pace = median over rounds of t(reference, parallel) / t(learner, parallel)
+
+compares them directly, round by round. A learner below the line who kept `pace_share` of the
+reference's pace is INCONCLUSIVE (the baseline drifted, or the medians fell apart by chance),
+not failed. And a learner below the line whose best round reached it gets more rounds, up to
+`max_rounds` (measured.more_rounds): three rounds decide clear cases, seven the close ones.
+
+While another job runs, the learner's job has nothing to do: Measurement.run reads its CPU time
+from /proc around every such run, and a learner job that worked in the background (a thread that
+spins while main() is not running slows the reference's timed runs, the baseline most of all, and
+flatters the learner's figure) fails the check (Measurement.require_idle_learner).
+
 In the student pack there is no reference: the baseline is the learner's own run and the
 pass line is the floor (a self-check, not a grade).
 """
@@ -44,6 +59,9 @@ class ReferenceFailed(RuntimeError):
     """The course's own reference failed here: an environment problem, not the learner's."""
 
 
+IDLE_SHARE = 0.15   # of one core: more, while the learner's job has nothing to do, is background work
+
+
 def rotations(repeats: int, sides: int = 3) -> list[list[int]]:
     """Round i runs the sides in order rotated by i: [0,1,2], [2,0,1], [1,2,0], ..."""
     base = list(range(sides))
@@ -51,17 +69,35 @@ def rotations(repeats: int, sides: int = 3) -> list[list[int]]:
 
 
 def calibrated(baseline: list[float], reference: list[float], learner: list[float], *, ideal: float,
-               floor_efficiency: float, reference_share: float) -> dict:
-    """The speed-up figures and the decision: 'pass', 'fail' or 'inconclusive' (see the module docstring)."""
+               floor_efficiency: float, reference_share: float, pace_share: float | None = None) -> dict:
+    """The speed-up figures and the decision: 'pass', 'fail' or 'inconclusive' (see the module docstring).
+
+    `why` says what made a decision other than pass: 'reference under the floor', 'kept pace' or 'slower'."""
     ref = [b / r for b, r in zip(baseline, reference)]
     got = [b / x for b, x in zip(baseline, learner)]
     ref_median, got_median = statistics.median(ref), statistics.median(got)
+    pace = statistics.median([r / x for r, x in zip(reference, learner)])
     floor = round(floor_efficiency * ideal, 2)
     line = round(max(floor, reference_share * ref_median), 2)
-    decision = "pass" if got_median >= line else ("inconclusive" if ref_median < floor else "fail")
+    if got_median >= line:
+        decision, why = "pass", ""
+    elif ref_median < floor:
+        decision, why = "inconclusive", "reference under the floor"
+    elif pace_share is not None and pace >= pace_share:
+        decision, why = "inconclusive", "kept pace"
+    else:
+        decision, why = "fail", "slower"
     return {"measured": round(got_median, 2), "reference": round(ref_median, 2), "ideal": ideal,
             "threshold": line, "floor": floor, "ratios": [round(x, 2) for x in got],
-            "reference_ratios": [round(x, 2) for x in ref], "decision": decision}
+            "reference_ratios": [round(x, 2) for x in ref], "pace": round(pace, 2), "decision": decision,
+            "why": why}
+
+
+def more_rounds(figure: dict | None, rounds_done: int, max_rounds: int) -> bool:
+    """Whether a speed measurement should go on: not passed yet, one of its rounds did reach the line (a close
+    case, not a clear miss), and fewer than `max_rounds` rounds so far."""
+    return (figure is not None and rounds_done < max_rounds and figure["decision"] != "pass"
+            and max(figure["ratios"]) >= figure["threshold"])
 
 
 def self_baseline(baseline: list[float], learner: list[float], *, ideal: float, floor_efficiency: float) -> dict:
@@ -82,6 +118,8 @@ class Measurement:
     trial: Any      # checks.Trial
     cpus: set[int] | None = None
     jobs: list = field(default_factory=list)   # every job started, closed by run_measured whatever happens
+    idle: list = field(default_factory=lambda: [0.0, 0.0])   # while other jobs ran: wall s, the learner's CPU s
+    busy: set = field(default_factory=set)     # ids of the jobs running a task now (checks may run two at once)
 
     @property
     def time_limit(self) -> float:
@@ -138,11 +176,30 @@ class Measurement:
 
     def run(self, job: Job, part: str, inputs: list, *, group: str = "none", measure_memory: bool = False,
             time_limit: float | None = None) -> TaskResult:
-        result = job.run(part, inputs, group=group, time_limit=time_limit or self.time_limit,
-                         measure_memory=measure_memory)
+        idle = [j for j in self.jobs if getattr(j, "role", "") == "learner" and id(j) not in self.busy | {id(job)}]
+        before = sum(cpu_seconds(j) for j in idle)
+        self.busy.add(id(job))
+        try:
+            result = job.run(part, inputs, group=group, time_limit=time_limit or self.time_limit,
+                             measure_memory=measure_memory)
+        finally:
+            self.busy.discard(id(job))
+        if idle:   # the learner's job had nothing to do meanwhile: did it stay idle?
+            self.idle[0] += result.seconds
+            self.idle[1] += sum(cpu_seconds(j) for j in idle) - before
         if not result.complete:
             self._failed(job, result)
         return result
+
+    def require_idle_learner(self, details: dict | None = None) -> None:
+        """CheckFailed when the learner's job used more than IDLE_SHARE of a core while other jobs ran."""
+        wall, cpu = self.idle
+        if wall > 0 and cpu > IDLE_SHARE * wall:
+            raise CheckFailed(f"while the reference ran ({wall:.1f} s), your job, which had nothing to do, used "
+                              f"{cpu:.1f} s of CPU", "Something in your files keeps working in the background (a "
+                              "thread or process started at import, or left running after main() returns). It slows "
+                              "down whatever runs beside it, the timed comparison runs included: start nothing at "
+                              "import, stop what main() starts before it returns.", details or {})
 
     def _failed(self, job: Job, result: TaskResult):
         if getattr(job, "role", "") == "reference":
@@ -215,4 +272,4 @@ def _close_jobs(m: Measurement) -> None:
 
 
 __all__ = ["CheckFailed", "Inconclusive", "JobFailed", "Measurement", "ReferenceFailed", "calibrated",
-           "cpu_seconds", "rotations", "run_measured", "self_baseline"]
+           "cpu_seconds", "more_rounds", "rotations", "run_measured", "self_baseline"]

@@ -9,7 +9,8 @@ possible), and then talks to each rank on the connection that rank opened first:
 
 Times are taken here, from outside: a task starts when the last rank's inputs were sent
 and ends when the last reply arrived. Peak memory is read from /proc/<pid>/status of each
-rank (the pid the kernel reports for the connection, not one the rank claims).
+rank (the pid the kernel reports for the connection, not one the rank claims), and on NCCL
+jobs also the GPU memory NVML reports for that pid (gpumemory.py).
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import launch, policy, sandbox
+from . import gpumemory, launch, policy, sandbox
 from .config import Profile
 from .jobfolder import JobFolder
 from .rank import wire
@@ -62,6 +63,9 @@ class TaskResult:
     # libraries' code pages that VmRSS also counts (file-backed, paged in as code is first used):
     peak_private: list[int] = field(default_factory=list)    # bytes per rank, the most seen while it ran
     start_private: list[int] = field(default_factory=list)   # bytes per rank when the inputs were sent
+    # GPU memory (NCCL jobs): what NVML says each rank's process uses on the device(s) (gpumemory.py).
+    peak_device: list[int] = field(default_factory=list)
+    start_device: list[int] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -241,19 +245,31 @@ class Job:
         peaks, private = [0] * self.world_size, [0] * self.world_size
         starts = [_memory(self.ranks[r].pid) if r in self.ranks else (0, 0) for r in range(self.world_size)] \
             if measure_memory else []
-        memory = (lambda: self._poll_memory(peaks, private)) if measure_memory else None
+        on_device = measure_memory and self.profile.backend == "nccl"
+        device = self._device_memory() if on_device else []
+        start_device = list(device)
+        memory = (lambda: self._poll_memory(peaks, private, device if on_device else None)) if measure_memory \
+            else None
         self._pump(deadline, lambda: all(h.inbox or h.closed for h in self.ranks.values()), tick=memory)
         result = self._result(part, started, deadline, peaks)
         result.start_rss, result.start_private = [s[0] for s in starts], [s[1] for s in starts]
         result.peak_private = private if measure_memory else []
+        result.start_device, result.peak_device = start_device, device
         return result
 
-    def _poll_memory(self, peaks: list[int], private: list[int] | None = None) -> None:
+    def _device_memory(self) -> list[int]:
+        """Bytes of GPU memory each rank's process uses now, from NVML (0 for a rank that holds none)."""
+        used = gpumemory.read()
+        return [used.get(self.ranks[r].pid, 0) if r in self.ranks else 0 for r in range(self.world_size)]
+
+    def _poll_memory(self, peaks: list[int], private: list[int] | None = None, device: list[int] | None = None):
         for rank, handle in self.ranks.items():
             rss, held = _memory(handle.pid)
             peaks[rank] = max(peaks[rank], rss)
             if private is not None:
                 private[rank] = max(private[rank], held)
+        if device is not None:
+            device[:] = [max(a, b) for a, b in zip(device, self._device_memory())]
 
     def _result(self, part: str, started: float, deadline: float, peaks: list[int] | None = None) -> TaskResult:
         outcomes: list[RankOutcome | None] = []

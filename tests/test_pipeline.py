@@ -239,16 +239,60 @@ def test_forged_rank_parts_fail_the_script_check(tmp_path):
     assert "reference script's on the same secret data" in v.message, v.to_text()
 
 
+SPINS_WHILE_IDLE = '''
+
+# --- the forgery: a thread that burns CPU whenever main() is not running (slowing the reference's timed runs)
+import threading as _threading
+
+_running, _main = _threading.Event(), main
+
+
+def _spin():
+    while True:
+        if _running.is_set():
+            _running.wait(0.01)
+        else:
+            sum(range(10_000))
+
+
+_threading.Thread(target=_spin, daemon=True).start()
+
+
+def main(argv=None):
+    _running.set()
+    try:
+        return _main(argv)
+    finally:
+        _running.clear()
+'''
+
+
+@pytest.mark.slow
+def test_background_work_while_the_reference_runs_fails(tmp_path):
+    """A script that slows the reference's 1-microbatch baseline (and so flatters its own speed-up) by spinning while
+    it has nothing to do: its job's CPU time, read from /proc while the reference runs, names it."""
+    folder = _folder(tmp_path)
+    (folder / "pipeline_train.py").write_text((folder / "pipeline_train.py").read_text() + SPINS_WHILE_IDLE)
+    v = run_check("pipeline.train", module=folder / "pipeline_train.py", steps=2, rounds=1, max_rounds=1)
+    assert not v.passed and v.status == "fail", v.to_text()
+    assert "which had nothing to do" in v.message and "background" in v.hint, v.to_text()
+
+
 # ------------------------------------------------------------------ speed and timeline
 
 @pytest.mark.timing
 def test_reference_script_overlaps_microbatches():
-    """The reference's speed-up over one microbatch passes the calibrated line, with a timeline of both schedules."""
-    v = run_check("pipeline.train", module=solution("05_pipeline", "pipeline_train.py"))
+    """The reference's speed-up over one microbatch passes the calibrated line, with a timeline of both schedules;
+    re-run (once) only when the check finds the machine too busy to decide, as its hint tells a student."""
+    for attempt in range(2):
+        v = run_check("pipeline.train", module=solution("05_pipeline", "pipeline_train.py"))
+        print(f"\nattempt {attempt + 1}: {v.to_text()}")
+        if v.status != "inconclusive":
+            break
     assert v.passed, v.to_text()
     speedup, timeline = v.details["speedup"], v.details["timeline"]
     assert speedup["measured"] >= speedup["threshold"] and speedup["ideal"] == pytest.approx(1.6)
-    assert len(speedup["ratios"]) == len(speedup["reference_ratios"]) == 3
+    assert 3 <= len(speedup["ratios"]) == len(speedup["reference_ratios"]) <= 7
     assert set(timeline["schedules"]) == {"GPipe", "1F1B"}
     for name, events in timeline["schedules"].items():
         assert sorted((e[0], e[1], e[2]) for e in events) == sorted(

@@ -121,3 +121,34 @@ def test_no_overlap_fails_with_a_hint_that_says_so(mistake, words):
     assert v.status in ("fail", "inconclusive"), v.to_text()
     if v.status == "fail":   # inconclusive: the machine was too busy for even the reference (never a fail)
         assert "does not overlap the backward" in v.message and words in v.hint, v.to_text()
+
+
+# ------------------------------------------------------------------ the overlap decision's arithmetic (no process)
+
+def _decide(yours: list[float], reference=(0.8,) * 8, no_overlap=(0.9,) * 8) -> dict:
+    """Step times of 8 rounds, naive 1.0 s: the reference 1.25x, its no-overlap twin 1.11x (line 1.18x)."""
+    from autograder.checks.scratch.bucketed import decide
+
+    return decide({"naive": [1.0] * 8, "no overlap": list(no_overlap), "reference": list(reference), "yours": yours},
+                  min_gain=0.1, share=0.5)
+
+
+def test_overlap_decision_passes_the_references_pace_and_fails_its_twins():
+    assert _decide([0.8] * 8)["decision"] == "pass"
+    slow = _decide([0.9] * 8)                       # launched after backward: the twin's pace, every round
+    assert slow["decision"] == "fail" and slow["why"] == "slower" and slow["reference_ahead"] == 1.0
+
+
+def test_a_median_under_the_line_that_kept_pace_round_by_round_is_inconclusive():
+    """A fail needs the reference ahead of the learner in 3 rounds of 4: a median under the line from rounds that
+    beat the reference's three times in eight is chance, not evidence."""
+    reference = [1 / 1.3] * 4 + [1 / 1.12] * 4          # median 1.21x; the twin 1.0x: line 1.105x
+    yours = [1 / 1.31] * 3 + [1.0] * 5                  # median 1.0x, ahead of the reference in rounds 1-3
+    figure = _decide(yours, reference=reference, no_overlap=[1.0] * 8)
+    assert figure["speedups"]["yours"] < figure["threshold"] and figure["reference_ahead"] == 0.625
+    assert figure["decision"] == "inconclusive" and figure["why"] == "kept pace", figure
+
+
+def test_no_clear_gain_from_the_references_overlap_is_inconclusive():
+    figure = _decide([0.9] * 8, reference=[0.88] * 8)   # the reference gained 0.03x: under min_gain
+    assert figure["decision"] == "inconclusive" and figure["why"] == "no clear gain"

@@ -19,7 +19,11 @@ reassembled from the script's checkpoint (with the script's own load_full_model)
      calibration  the reference with m microbatches (what this machine can reach right now),
      learner      the learner's script with m microbatches (its weights compared again).
 Decision: measured.calibrated (pass line max(floor_efficiency x ideal, reference_share x the
-reference's speed-up); inconclusive, never a fail, when even the reference misses the floor).
+reference's speed-up); inconclusive, never a fail, when even the reference misses the floor, or
+when the learner's m-microbatch runs kept pace_share of the reference's m-microbatch runs in the
+same rounds). A close miss (one round reached the line) gets more rounds, up to max_rounds
+(measured.more_rounds): on 2 cores the reference's rounds spread over 0.9-1.6x, and medians of
+three such rounds once failed the reference itself, graded as a learner, in CI.
 Without a reference (the student pack) the learner's own 1-microbatch runs are the baseline and
 the floor is the line (measured.self_baseline); the weights are then not compared.
 `judge_speed=False` (a hidden correctness variant) stops after step 1, with `steps` steps.
@@ -186,11 +190,11 @@ def _judged(mine, reference, steps: int, k: int, round_: int) -> None:
 
 
 def _measure(m):
-    from ...measured import calibrated, rotations, self_baseline
+    from ...measured import calibrated, more_rounds, rotations, self_baseline
 
     trial = m.trial
     p, th, ws = trial.params, trial.thresholds, m.world_size
-    k, steps, rounds = int(p["microbatches"]), int(p["steps"]), int(p["rounds"])
+    k, steps, rounds, max_rounds = int(p["microbatches"]), int(p["steps"]), int(p["rounds"]), int(p["max_rounds"])
     judge_speed = bool(p.get("judge_speed", True))
     sources = m.reference_sources()
     learner = m.learner_job()
@@ -208,25 +212,28 @@ def _measure(m):
     if not judge_speed:
         return f"the script trained {ws} stages with {k} microbatches: {checked} (speed not judged in this variant)"
 
-    # 2. Timed rounds, one side after the other in rotating order, new data and --seed each round.
+    # 2. Timed rounds, one side after the other in rotating order, new data and --seed each round; more rounds while
+    #    the case is close.
     sides = [(reference, 1), (reference, k), (learner, k)] if reference is not None else [(learner, 1), (learner, k)]
     seconds: dict[int, list[float]] = {s: [] for s in range(len(sides))}
-    for i, order in enumerate(rotations(rounds, len(sides))):
+    ideal = round(ideal_speedup(ws, k), 2)
+    floor_efficiency = th.get("floor_efficiency", 0.7)
+    speed, i = None, 0
+    while i < rounds or more_rounds(speed, i, max_rounds):
         outs = {}
-        for s in order:
+        for s in rotations(i + 1, len(sides))[i]:
             job, n_mb = sides[s]
             outs[s] = m.run(job, "pipeline.train", _run_inputs(trial, 1000 + 100 * i, ws, n_mb, steps, f"run-{i}-{s}"),
                             group="harness")
             seconds[s].append(outs[s].seconds)
         _judged(outs[len(sides) - 1], outs[1] if reference is not None else None, steps, k, i)
-
-    ideal = round(ideal_speedup(ws, k), 2)
-    floor_efficiency = th.get("floor_efficiency", 0.7)
-    if reference is not None:
-        speed = calibrated(seconds[0], seconds[1], seconds[2], ideal=ideal, floor_efficiency=floor_efficiency,
-                           reference_share=th.get("reference_share", 0.85))
-    else:
-        speed = self_baseline(seconds[0], seconds[1], ideal=ideal, floor_efficiency=floor_efficiency)
+        m.require_idle_learner()   # background work while the reference ran would slow its baseline
+        if reference is not None:
+            speed = calibrated(seconds[0], seconds[1], seconds[2], ideal=ideal, floor_efficiency=floor_efficiency,
+                               reference_share=th.get("reference_share", 0.85), pace_share=th.get("pace_share"))
+        else:
+            speed = self_baseline(seconds[0], seconds[1], ideal=ideal, floor_efficiency=floor_efficiency)
+        i += 1
     names = (["baseline (reference, 1 microbatch)", f"reference, {k}", f"yours, {k}"] if reference is not None
              else ["yours, 1 microbatch", f"yours, {k}"])
     speed.update(label=f"{ws} stages: {k} microbatches vs 1",
@@ -242,8 +249,11 @@ def _measure(m):
                f"{ideal:.2f}x, pass line {speed['threshold']:.2f}x{versus}; rounds "
                f"{', '.join(f'{x:.2f}' for x in speed['ratios'])})")
     if speed["decision"] == "inconclusive":
-        raise Inconclusive(f"{figures}: even the reference stayed under the floor of {speed['floor']:.2f}x on this "
-                           "machine right now, so the speed-up cannot be judged",
+        why = (f"even the reference stayed under the floor of {speed['floor']:.2f}x on this machine right now"
+               if speed["why"] == "reference under the floor" else
+               f"yet your runs with {k} microbatches kept {speed['pace']:.0%} of the reference's pace in the same "
+               "rounds")
+        raise Inconclusive(f"{figures}: {why}, so the speed-up cannot be judged",
                            "Close other programs (or wait for other jobs to finish) and run the check again.", details)
     if speed["decision"] == "fail":
         raise CheckFailed(figures, "The stages do not overlap: give each rank only its stage, pass the microbatch "
@@ -256,4 +266,5 @@ def _measure(m):
 
 
 CHECK = Check(id="pipeline.train", functions=("main",), measure=_measure, measures_speed=True, explain=explain,
-              defaults={"microbatches": 4, "batch_size": 64, "steps": 5, "rounds": 3, "judge_speed": True})
+              defaults={"microbatches": 4, "batch_size": 64, "steps": 5, "rounds": 3, "max_rounds": 7,
+                        "judge_speed": True})

@@ -249,14 +249,18 @@ def train(ctx, learner, inputs):
 
 def warm_up(ctx, learner, inputs):
     """What every first training step loads once (torch._dynamo, which building an optimizer imports; the
-    convolution and optimizer kernels), so that the measured run's memory is the training's own."""
+    convolution and optimizer kernels; on a GPU the CUDA context), so that the measured run's memory is the
+    training's own."""
     import torch
     import torch.nn.functional as F
 
-    weight = torch.zeros(2, 3, 3, 3, requires_grad=True)
+    device = torch.device(ctx.device)
+    weight = torch.zeros(2, 3, 3, 3, requires_grad=True, device=device)
     optimizer = torch.optim.Adam([weight], lr=1e-3)
-    F.conv2d(torch.ones(1, 3, 8, 8), weight).sum().backward()
+    F.conv2d(torch.ones(1, 3, 8, 8, device=device), weight).sum().backward()
     optimizer.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     return {}
 
 
