@@ -22,7 +22,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -254,31 +253,10 @@ def _measure(step: Step, out: Path) -> Outcome:
 
 
 def _notebook(step: Step, out: Path) -> Outcome:
-    import shutil
+    from .nbexecute import run_notebook, source_notebook
 
-    import nbformat
-    from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
-
-    assignment = step.args["assignment"]
-    work = Path(tempfile.mkdtemp(prefix=f"course-proof-{assignment}-"))
-    try:
-        shutil.copy(course_root() / "source" / assignment / f"{assignment}.ipynb", work)
-        nb = nbformat.read(work / f"{assignment}.ipynb", as_version=4)
-        client = NotebookClient(nb, timeout=int(step.budget), kernel_name="python3",
-                                resources={"metadata": {"path": str(work)}})
-        status, message = "passed", ""
-        try:
-            client.execute()
-        except CellTimeoutError as exc:
-            status, message = "timed out", str(exc).splitlines()[0][:300]
-        except (CellExecutionError, DeadKernelError) as exc:
-            status, message = "failed", str(exc).strip().splitlines()[-1][:300]
-        (out / "notebooks").mkdir(exist_ok=True)
-        nbformat.write(nb, out / "notebooks" / f"{assignment}.ipynb")
-        return Outcome(step.name, step.kind, step.profile, status, message=message)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    run = run_notebook(source_notebook(step.args["assignment"]), cell_timeout=step.budget, save_to=out / "notebooks")
+    return Outcome(step.name, step.kind, step.profile, run.status, message=run.message)
 
 
 RUNNERS = {"environment": _environment, "data": _data, "check": _checks, "mistake": _mistake, "measure": _measure,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from autograder import grading, nbglue
+from autograder import checks, grading, nbglue
 from autograder.submissions import solved
 from autograder.config import ConfigError, course_root
 from autograder.harness import load_course
@@ -84,8 +84,13 @@ def test_points_must_match_course_yaml(tmp_path):
         nbglue.validate_source(COURSE, GRADED[0], root)
 
 
-@pytest.mark.timing  # the notebooks' checks measure speed-ups: never beside other tests
-@pytest.mark.parametrize("a", GRADED, ids=lambda a: a.id)
+def _measures(a) -> bool:
+    """Whether grading the assignment measures speed or memory (then never beside other tests)."""
+    return any(checks.get(e.id).measure is not None for e in a.exercises)
+
+
+@pytest.mark.parametrize("a", [pytest.param(a, marks=pytest.mark.timing if _measures(a) else pytest.mark.slow)
+                               for a in GRADED], ids=lambda a: a.id)
 def test_autograde_source_full_marks_release_zero(tmp_path, a):
     """The source notebook's solutions, handed in as a student would (no hidden tests), score every point with no
     flag; the release notebook as shipped scores 0 everywhere."""
