@@ -1,4 +1,4 @@
-"""Set-up helpers the notebooks call in their first code cell."""
+"""Helpers the notebooks call: set-up in their first code cell, and the report of a "predict, then measure" cell."""
 from __future__ import annotations
 
 import os
@@ -59,3 +59,28 @@ def setup() -> int:
     print(f"Profile: {profile.name} ({profile.backend}, {nproc} ranks, {threads} thread(s) per rank). "
           f"Use NPROC={nproc} in torchrun cells.")
     return nproc
+
+
+def prediction_report(prediction, value: float, how: str, *, what: str = "measured", unit: str = "",
+                      rel_tolerance: float = 0.02) -> str:
+    """What a "predict, then measure" cell prints: the value it measured or counted, how (the arithmetic, with this
+    case's numbers), and the learner's prediction next to it. Ungraded; `None` means no prediction was typed.
+
+    A prediction within rel_tolerance of the value counts as right (0.33 for 1/3), so that rounding is not a miss.
+    """
+    lines = [f"{what + ':':11} {value:.4g}{unit}   = {how}"]
+    if prediction is None:
+        lines.append("prediction: none typed. Put a number in `my_prediction` above, then run both cells again.")
+        return "\n".join(lines)
+    try:
+        guess = float(prediction)
+    except (TypeError, ValueError):
+        lines.append(f"prediction: {prediction!r} is not a number: type one, such as 0.4 or 24.")
+        return "\n".join(lines)
+    off = guess - value
+    if abs(off) <= rel_tolerance * abs(value) or off == 0:
+        verdict = "right"
+    else:
+        verdict = f"off by {off:+.3g}{unit}" + (f" ({off / value:+.0%})" if value else "")
+    lines.append(f"prediction: {guess:g}{unit}   {verdict}")
+    return "\n".join(lines)

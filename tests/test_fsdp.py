@@ -133,6 +133,20 @@ def test_optimizer_created_before_sharding_is_rejected_with_a_hint_that_names_it
     assert "memory" in v.details  # the per-rank bars are shown on a failure too
 
 
+AVERAGE = "            drift = average_batchnorm_statistics(model)   # one set: for evaluation, and the checkpoint below\n"
+
+
+@pytest.mark.slow
+def test_batchnorm_statistics_left_per_rank_are_rejected_with_a_hint_that_names_them(tmp_path):
+    """FSDP2 never synchronises buffers: without the given averaging, rank 0's checkpoint holds its own statistics,
+    not the ranks' mean that the DDP twin (no buffer broadcast, the same given averaging) saves."""
+    text = _script_text()
+    assert AVERAGE in text
+    v = run_check("fsdp.train", module=_folder(tmp_path, text.replace(AVERAGE, "            drift = 0.0\n")) / "fsdp_train.py")
+    assert not v.passed and v.status == "fail", v.to_text()
+    assert "running_" in v.message and "average_batchnorm_statistics" in v.hint, v.to_text()
+
+
 # ---------------------------------------------------------------- forgeries
 
 PADDING = '''
@@ -214,7 +228,53 @@ def test_memory_is_measured_against_the_twins_baseline():
                       peak_private=[700, 700], start_private=[400, 400])
     assert train.memory_added(learner, twin, "gloo") == [100, 120]
     assert train.memory_added(twin, twin, "gloo") == [300, 300]
-    assert train.memory_added(learner, twin, "nccl") is None   # GPU memory: NVML, not /proc
+    assert train.memory_added(learner, twin, "nccl") is None   # GPU memory: NVML's figures, none here
+
+
+def test_gpu_memory_is_read_the_same_way_from_nvmls_figures():
+    """On NCCL jobs the device memory NVML reports for each rank's pid stands in for /proc's, with the same
+    baseline (the twin's value before its run, CUDA context included)."""
+    learner = TaskResult(part="fsdp.train", outcomes=[], started=0, seconds=1, peak_private=[1, 1],
+                         start_private=[1, 1], peak_device=[800, 820], start_device=[2000, 2000])
+    twin = TaskResult(part="fsdp.train", outcomes=[], started=0, seconds=1, peak_private=[1, 1],
+                      start_private=[1, 1], peak_device=[1000, 1000], start_device=[500, 500])
+    assert train.memory_added(learner, twin, "nccl") == [300, 320]
+    assert train.memory_added(twin, twin, "nccl") == [500, 500]
+
+
+def test_the_job_polls_each_ranks_gpu_memory_by_the_pid_the_kernel_reported(monkeypatch):
+    from autograder import gpumemory, session
+
+    job = session.Job.__new__(session.Job)
+    job.world_size, job.ranks = 3, {0: session._Rank(None, 101), 1: session._Rank(None, 102)}   # rank 2: gone
+    readings = iter([{101: 10, 102: 20, 999: 10**9}, {101: 50, 102: 5}])   # pid 999: not a rank of this job
+    monkeypatch.setattr(gpumemory, "read", lambda: next(readings))
+    assert job._device_memory() == [10, 20, 0]
+    peaks, device = [0] * 3, [10, 20, 0]
+    monkeypatch.setattr(session, "_memory", lambda pid: (0, 0))
+    job._poll_memory(peaks, None, device)
+    assert device == [50, 20, 0]   # the most seen per rank
+
+
+def test_nvml_process_lists_are_read_with_a_second_call_when_the_first_is_too_small():
+    """gpumemory._processes against a stand-in for libnvidia-ml's calling convention (no driver here)."""
+    from autograder import gpumemory
+
+    class FakeNVML:
+        def nvmlDeviceGetComputeRunningProcesses_v3(self, handle, count_ref, infos):
+            count = count_ref._obj
+            if infos is None or count.value < 2:
+                count.value = 2
+                return gpumemory.NVML_ERROR_INSUFFICIENT_SIZE
+            infos[0].pid, infos[0].usedGpuMemory = 7, 3 * 2**20
+            infos[1].pid, infos[1].usedGpuMemory = 8, 2**64 - 1     # NVML_VALUE_NOT_AVAILABLE
+            count.value = 2
+            return gpumemory.NVML_SUCCESS
+
+    found = gpumemory._processes(FakeNVML(), None)
+    assert [(i.pid, i.usedGpuMemory) for i in found] == [(7, 3 * 2**20), (8, 2**64 - 1)]
+    if not gpumemory.available():   # no NVIDIA driver: no figures, and the check says memory was not judged
+        assert gpumemory.device_memory_by_pid() == {}
 
 
 def test_memory_pass_line_keeps_the_share_of_the_ideal_saving():

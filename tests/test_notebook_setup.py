@@ -1,9 +1,10 @@
-"""The notebooks' setup cell: torchrun demo lines are not run while nbgrader grades, and only then."""
+"""The notebooks' helpers: in the setup cell, torchrun demo lines are not run while nbgrader grades, and only then;
+the report of a "predict, then measure" cell (03_concepts) with and without a prediction."""
 from __future__ import annotations
 
 import pytest
 
-from autograder.notebook import skip_launches_while_grading
+from autograder.notebook import prediction_report, skip_launches_while_grading
 
 
 @pytest.mark.parametrize("line", [
@@ -24,3 +25,27 @@ def test_launch_lines_become_a_printed_note(line):
 ])
 def test_other_lines_are_left_alone(line):
     assert skip_launches_while_grading([line]) == [line]
+
+
+def test_prediction_report_without_a_prediction_still_shows_the_value_and_how():
+    """The cells run unattended with my_prediction = None: they show the value and say no guess was typed."""
+    report = prediction_report(None, 1 / 3, "6 idle slots / 18 slots of the step", what="counted")
+    assert report.splitlines()[0].split() == ["counted:", "0.3333", "=", "6", "idle", "slots", "/", "18", "slots",
+                                              "of", "the", "step"]
+    assert "none typed" in report.splitlines()[1]
+
+
+@pytest.mark.parametrize("guess, verdict", [
+    (0.33, "right"),                      # rounding is not a miss
+    (1 / 3, "right"),
+    (0.4, "off by +0.0667 (+20%)"),
+    (0.25, "off by -0.0833 (-25%)"),
+])
+def test_prediction_report_says_how_far_off_a_guess_is(guess, verdict):
+    assert prediction_report(guess, 1 / 3, "x").splitlines()[1].endswith(verdict)
+
+
+def test_prediction_report_with_units_and_a_guess_that_is_not_a_number():
+    assert prediction_report(24, 36, "18 + 18", unit=" elements").splitlines() == [
+        "measured:   36 elements   = 18 + 18", "prediction: 24 elements   off by -12 elements (-33%)"]
+    assert "not a number" in prediction_report("1/3", 1 / 3, "x")

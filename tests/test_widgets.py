@@ -37,6 +37,26 @@ def test_speedup_verdict_carries_a_picture():
     assert '<img alt="torchrun.env figure" src="data:image/png;base64,' in outputs[0].value
 
 
+def test_a_verdicts_picture_leaves_the_notebooks_own_plots_alone():
+    """The widget draws outside pyplot: after a self-check, the kernel's backend (inline in Jupyter) and its open
+    figures are what they were, so the notebook's next plt.show() still shows its plot."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    previous = matplotlib.get_backend()
+    plt.switch_backend("module://matplotlib_inline.backend_inline")   # what a Jupyter kernel uses
+    before = matplotlib.get_backend()
+    verdict = Verdict(exercise="ddp.train", passed=True, message="1.9x", world_size=2, profile="cpu",
+                      details={"memory": {"ranks": [0, 1], "bytes": {"DDP": [300, 300], "FSDP": [170, 180]}}})
+    buttons, outputs = _buttons(check_buttons("04_ddp", lambda _id: verdict))
+    buttons[0].click()
+    assert "data:image/png;base64," in outputs[0].value
+    try:
+        assert matplotlib.get_backend() == before and plt.get_fignums() == []
+    finally:
+        plt.switch_backend(previous)
+
+
 def test_a_crashing_runner_shows_in_the_widget():
 
     def runner(_id):

@@ -58,10 +58,12 @@ def explain(error: dict) -> str | None:
     if re.search(r"NVIDIA driver|not compiled with CUDA|No CUDA GPUs|cuda.*not available", text, re.I):
         return ("This rank has no GPU, yet something asked for CUDA: build the mesh on the device that "
                 "exists, init_device_mesh('cuda' if torch.cuda.is_available() else 'cpu', (world_size,)), "
-                "and pass it to every fully_shard call (without a mesh, fully_shard builds a CUDA one).")
+                "and pass it to every fully_shard call (without a mesh, fully_shard builds one on the accelerator "
+                "PyTorch detects: CUDA on a GPU host).")
     if "BFloat16" in text or "bfloat16" in text:
-        return ("bf16 MixedPrecisionPolicy fails on CPU for convolutions followed by BatchNorm: leave "
-                "mp_policy out here (mixed precision is shown on a Linear model in the notebook).")
+        return ("bf16 MixedPrecisionPolicy fails on CPU for BatchNorm (its parameters in bf16, its running "
+                "statistics in fp32): leave mp_policy out here, the check compares with fp32 training (the "
+                "notebook's section 6 keeps BatchNorm in fp32 with a fully_shard of its own).")
     if "Default process group has not been initialized" in text:
         return "Initialise the process group (dist.init_process_group) before building the device mesh."
     return None

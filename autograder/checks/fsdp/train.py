@@ -29,13 +29,21 @@ Adam's two moments: 5 x 55, plus ~30 MiB of activations and slack), FSDP +169 to
 0.60x; with 3 ranks and reshard_after_forward=False 0.55x. A script that does not shard holds
 1.00x. The pass line (course.yaml max_memory_ratio, for 2 ranks) leaves room for what the polling
 misses, activations and allocator slack. With N ranks it keeps the same share of the ideal saving:
-1 - (1 - line_2) (1 - 1/N) / (1/2). GPUs: the memory lives on the device; NVML's per-process
-figures would be read where memory_added() says.
+1 - (1 - line_2) (1 - 1/N) / (1/2). GPUs (NCCL): the memory lives on the device, which /proc does
+not show: session.Job polls NVML's figure for each rank's pid (gpumemory.py; the caching
+allocator's reserved memory plus the CUDA context), the warm-up creates the context on the rank's
+GPU first, and what a rank added is again counted from the twin's value before its run. Both jobs
+run with expandable segments (PYTORCH_CUDA_ALLOC_CONF), so that freed all-gather buffers can be
+reused rather than fragmenting the cache: the GPU counterpart of ALLOCATOR's glibc setting. Not
+measured on a GPU yet: where NVML is missing the memory is not judged (inconclusive).
 
 Training: the losses main() returned (epoch by epoch) and the checkpoint rank 0 wrote (its bytes,
 read after the measured run, loaded here with weights_only=True) must match the DDP twin's on the
-same data, within ATOL + RTOL (checks/fsdp/__init__.py). What the optimizer held on each rank
-(local shard bytes, DTensors or not, seen by a step hook in the rank) only chooses the hint.
+same data, within ATOL + RTOL (checks/fsdp/__init__.py). The twin's DDP does not broadcast buffers in
+forward (forward_sync_buffers=False), since FSDP2 never does: in both runs each rank's BatchNorm
+statistics follow its own batches until the script's given average_batchnorm_statistics averages
+them, so the saved statistics match as well. What the optimizer held on each rank (local shard
+bytes, DTensors or not, seen by a step hook in the rank) only chooses the hint.
 
 Forgeries this defeats: a DDP script that recognises the comparison run in its own processes (the
 old check trained DDP in the learner's processes after the script) and pads that run's optimizer
@@ -50,7 +58,8 @@ from ...verdict import CheckFailed, Inconclusive
 from .. import Check
 from . import ATOL, RTOL, explain, is_state_dict, load_saved, one_thread, worst
 
-ALLOCATOR = {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=1048576:glibc.malloc.hugetlb=1"}
+ALLOCATOR = {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=1048576:glibc.malloc.hugetlb=1",
+             "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
 TWIN_MODULE = "fsdp_ddp_twin.py"
 DDP_TWIN = '''"""fsdp_train.py with DDP where it shards and saves: the run the check fsdp.train compares with."""
 import torch
@@ -61,11 +70,15 @@ import fsdp_train as script
 
 
 def replicate(model, **fsdp_kwargs):
-    """A full copy of the model on every rank, its gradients all-reduced: what DDP holds per rank."""
+    """A full copy of the model on every rank, its gradients all-reduced: what DDP holds per rank.
+
+    Buffers are not broadcast in forward, as under FSDP2: each rank's BatchNorm statistics follow its
+    own batches until the script averages them (average_batchnorm_statistics)."""
     if torch.cuda.is_available():
         gpu = torch.cuda.current_device()
-        return DistributedDataParallel(model.to(torch.device("cuda", gpu)), device_ids=[gpu])
-    return DistributedDataParallel(model)
+        return DistributedDataParallel(model.to(torch.device("cuda", gpu)), device_ids=[gpu],
+                                       forward_sync_buffers=False)
+    return DistributedDataParallel(model, forward_sync_buffers=False)
 
 
 def save_replica(replica, path):
@@ -110,13 +123,18 @@ def memory_added(result, baseline, backend: str) -> list[int] | None:
 
     CPU: the most RssAnon + RssShmem seen in /proc minus the twin's value when its inputs were sent.
     Not the rank's own starting value: the learner's code could fill memory at import and free it
-    when main() starts. On GPUs (NCCL) the model's memory is on the device, which /proc does not show:
-    NVML's per-process used memory (nvmlDeviceGetComputeRunningProcesses), polled by session.Job like
-    /proc, and the twin's value before its run, go here.
+    when main() starts. GPUs (NCCL): the same with the device memory NVML reports for each rank's
+    process (session.Job polls it like /proc); None without NVML (no figure for any rank).
     """
     if backend == "nccl":
-        return None
+        if not any(result.peak_device) or not any(baseline.start_device):
+            return None
+        return [max(0, peak - start) for peak, start in zip(result.peak_device, baseline.start_device)]
     return [max(0, peak - start) for peak, start in zip(result.peak_private, baseline.start_private)]
+
+
+def _source(backend: str) -> str:
+    return "NVML, the GPU driver" if backend == "nccl" else "/proc"
 
 
 def pass_line(two_ranks: float, ws: int) -> float:
@@ -179,8 +197,9 @@ def _judge_memory(fsdp: dict, ddp: dict, ws: int, m, details: dict) -> str | Non
         return None
     line = pass_line(m.trial.thresholds.get("max_memory_ratio", 0.8), ws)
     ratios = [g / max(b, 1) for g, b in zip(got, base)]
+    source = _source(m.plan.profile.backend)
     details["memory"] = {"ranks": list(range(ws)), "bytes": {"DDP": base, "FSDP": got}, "unit": "MiB",
-                         "title": "memory each rank added while training (read from /proc)",
+                         "title": f"memory each rank added while training (read from {source})",
                          "ratio": round(max(ratios), 3), "threshold": line,
                          "before": {"FSDP": fsdp["result"].start_private, "DDP": ddp["result"].start_private},
                          "held": {"FSDP": _probe(fsdp["result"].outcomes[0]).get("held"),
@@ -193,12 +212,12 @@ def _judge_memory(fsdp: dict, ddp: dict, ws: int, m, details: dict) -> str | Non
                "some parameters are plain tensors" if dtensors < params else
                "every parameter is a DTensor, yet the ranks hold more: is a full copy kept somewhere?")
         _fail(f"FSDP's ranks held {max(ratios):.2f}x DDP's memory per rank (up to {_mib(max(got))} MiB added "
-              f"while training vs {_mib(max(base))} MiB for DDP, read from /proc); with {ws} ranks it must be at "
+              f"while training vs {_mib(max(base))} MiB for DDP, read from {source}); with {ws} ranks it must be at "
               f"most {line:.2f}x (ideal 1/{ws})",
               f"The model is not sharded: {why}. Call shard_model(model, ...) from fsdp_parts and create the "
               "optimizer after it.", details)
     return (f"FSDP's ranks held {max(ratios):.2f}x DDP's memory (at most {_mib(max(got))} vs {_mib(max(base))} MiB "
-            f"added per rank, read from /proc; pass line {line:.2f}x, {ws} ranks)")
+            f"added per rank, read from {source}; pass line {line:.2f}x, {ws} ranks)")
 
 
 def _judge_training(fsdp: dict, ddp: dict, p: dict, details: dict) -> float:
@@ -241,7 +260,10 @@ def _judge_training(fsdp: dict, ddp: dict, p: dict, details: dict) -> float:
               details)
     gap, key = worst(state, reference)
     if gap > 0:
+        statistics = key.endswith(("running_mean", "running_var"))
         _fail(f"after training, the saved {key} differs from DDP's on the same data ({gap + ATOL:.2g})",
+              "Keep the given average_batchnorm_statistics(model) call after every epoch: FSDP2 never synchronises "
+              "BatchNorm's running statistics, so without it the checkpoint holds rank 0's alone." if statistics else
               "Train with the given loop on the sharded model, with Adam(model.parameters(), lr=args.lr) created "
               "after shard_model.", details)
     return gap
@@ -256,8 +278,9 @@ def _measure(m) -> tuple[str, dict]:
     trained = (f"trained like DDP on {p['images']} secret images ({p['epochs']} epochs: losses and saved weights "
                f"match)" + (" (self-check: DDP ran your own script)" if self_baseline else ""))
     if memory is None:
-        raise Inconclusive(f"fsdp_train.py {trained}; memory per rank is not measured on GPUs yet",
-                           "Run the check on the cpu profile (--profile cpu) to measure memory.", details)
+        raise Inconclusive(f"fsdp_train.py {trained}; GPU memory per rank could not be read (NVML, the NVIDIA "
+                           "driver's library libnvidia-ml.so.1, is not available here)",
+                           "Run the check where nvidia-smi works, or on the cpu profile (--profile cpu).", details)
     return f"{memory}; {trained}", details
 
 
