@@ -256,7 +256,8 @@ def _notebook(step: Step, out: Path) -> Outcome:
     from .nbexecute import run_notebook, source_notebook
 
     run = run_notebook(source_notebook(step.args["assignment"]), cell_timeout=step.budget, save_to=out / "notebooks")
-    return Outcome(step.name, step.kind, step.profile, run.status, message=run.message)
+    undecided = "".join(f"; undecided: {u}" for u in run.undecided)   # a busy machine, not the notebook
+    return Outcome(step.name, step.kind, step.profile, run.status, message=(run.message + undecided)[:600])
 
 
 RUNNERS = {"environment": _environment, "data": _data, "check": _checks, "mistake": _mistake, "measure": _measure,

@@ -394,7 +394,9 @@ def test_a_changed_grader_is_refused_naming_the_file(mini, tmp_path):
 def test_interrupt_keeps_recorded_grades(mini, tmp_path, stop):
     """Ctrl-C or `kill` in the middle: what was recorded stays, the CSV has it, and no job is left running
     (the autouse fixture checks that no process outlives the test)."""
-    subs = _copy(mini, tmp_path, ["blank", "honest"])
+    # "hang" between the two: its time-out keeps the run going long after the first record, however slowly this
+    # test's own polling gets the core on a busy machine (with "honest" alone, the run could finish first).
+    subs = _copy(mini, tmp_path, ["blank", "hang", "honest"])
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "autograder.cli", "grade", str(subs), "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -406,6 +408,7 @@ def test_interrupt_keeps_recorded_grades(mini, tmp_path, stop):
     proc.send_signal(stop)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode != 0 and "every recorded grade is kept" in err
+    assert not (out / "records" / "hang" / "mini.json").exists()
     assert not (out / "records" / "honest" / "mini.json").exists()
     rows = {r["student"]: r for r in csv.DictReader(open(out / "grades.csv"))}
     assert set(rows) == {"blank"}
