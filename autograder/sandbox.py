@@ -120,9 +120,10 @@ class Sandbox:
     """What one sandboxed command may see and write (see the module docstring)."""
     hide: tuple[Path, ...] = ()            # more folders to hide (grading output, submissions)
     expose: tuple[Path, ...] = ()          # more paths to show read-only (a prepared dataset, a template)
-    # tc tbf arguments for lo, e.g. "rate 200mbit burst 128kb latency 100ms" (as root only; the burst must hold
-    # one packet of lo's 64 KiB MTU, or tbf drops them all and every connection stalls)
+    # tc tbf arguments for lo, e.g. "rate 60mbit burst 4kb latency 100ms" (as root only), and lo's MTU for it:
+    # tbf drops a packet larger than its burst (it splits only GSO packets), so a small burst needs a small MTU
     shape_loopback: str | None = None
+    loopback_mtu: int | None = None
     package: str = "rank"                  # "rank": only autograder/rank; "kernel": all but the references
 
     def command(self, inner: list[str], *, env: dict[str, str], readable: list[Path] = (),
@@ -171,8 +172,10 @@ class Sandbox:
             drop = ["setpriv", f"--reuid={USER}", f"--regid={USER}", "--clear-groups", "--inh-caps=-all",
                     "--bounding-set=-all", "--no-new-privs"]
             if self.shape_loopback:
+                mtu = f"{_sbin('ip')} link set lo mtu {self.loopback_mtu} && " if self.loopback_mtu else ""
                 args += ["--cap-add", "CAP_NET_ADMIN", "--", "/bin/sh", "-c",
-                         f"{_tc()} qdisc add dev lo root tbf {self.shape_loopback} && exec \"$@\"", "sandbox"]
+                         f"{mtu}{_sbin('tc')} qdisc add dev lo root tbf {self.shape_loopback} && exec \"$@\"",
+                         "sandbox"]
             else:
                 args.append("--")
             return args + drop + inner
@@ -184,9 +187,11 @@ class Sandbox:
         return pwd.getpwnam(USER).pw_uid if os.geteuid() == 0 else None
 
 
-def _tc() -> str:
-    """tc's path: it lives in /usr/sbin or /sbin, which the sandbox's PATH (the job's) does not list."""
-    return shutil.which("tc", path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])) or "/usr/sbin/tc"
+def _sbin(tool: str) -> str:
+    """The path of iproute2's tc or ip: they live in /usr/sbin or /sbin, which the sandbox's PATH (the job's)
+    does not list."""
+    return (shutil.which(tool, path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"]))
+            or f"/usr/sbin/{tool}")
 
 
 # ------------------------------------------------------------------ process limit and cleanup

@@ -118,9 +118,11 @@ def test_reference_overlap_beats_naive():
 def test_no_overlap_fails_with_a_hint_that_says_so(mistake, words):
     _require_shaping()
     v = run_check("scratch.bucketed", module=control("scratch", mistake), world_size=2)
-    assert v.status in ("fail", "inconclusive"), v.to_text()
-    if v.status == "fail":   # inconclusive: the machine was too busy for even the reference (never a fail)
-        assert "does not overlap the backward" in v.message and words in v.hint, v.to_text()
+    if v.status == "inconclusive":   # only when the machine was too busy for even the reference to gain
+        assert "the course's own buckets gained" in v.message, v.to_text()
+        return
+    assert v.status == "fail", v.to_text()
+    assert "does not overlap the backward" in v.message and words in v.hint, v.to_text()
 
 
 # ------------------------------------------------------------------ the overlap decision's arithmetic (no process)
