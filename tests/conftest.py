@@ -37,6 +37,12 @@ def control(area: str, name: str) -> Path:
     return path
 
 
+def spinning_while_idle(script: Path, out: Path) -> Path:
+    """`script` with controls/spins_while_idle_tail.py appended (CPU burnt whenever main() is not running), at `out`."""
+    out.write_text(script.read_text() + "\n\n" + (CONTROLS / "spins_while_idle_tail.py").read_text())
+    return out
+
+
 _NOTEBOOK_FILES: dict[tuple[str, str], Path] = {}
 
 

@@ -17,7 +17,7 @@ from autograder.checks.ddp import train
 from autograder.harness import VerdictCache
 from autograder.session import RankOutcome
 from autograder.verdict import CheckFailed
-from conftest import control, solution
+from conftest import control, solution, spinning_while_idle
 
 PARTS = ("ddp.init", "ddp.data", "ddp.wrap", "ddp.metrics", "ddp.checkpoint")
 
@@ -161,7 +161,7 @@ class TestForgeries:
     (c) forges_when_grading.py: the notebook's solution, which forges only when the environment
         looks like grading (NBGRADER_EXECUTION, COURSE_* variables). The ranks get the harness's
         environment, not the caller's: the verdicts are the same with those variables as without.
-    (d) spins_while_idle.py: the notebook's script plus a thread that burns CPU while main() is not
+    (d) spins_while_idle_tail.py: the notebook's script plus a thread that burns CPU while main() is not
         running, slowing the reference's timed runs. The job's CPU time, read from /proc while the
         reference runs, names it.
     """
@@ -207,8 +207,8 @@ class TestForgeries:
 
     @pytest.mark.slow
     def test_background_work_while_the_reference_runs_fails(self, tmp_path):
-        folder = _folder(tmp_path, ddp_parts=_parts(), reference_train=_script(),
-                         ddp_train=_control("spins_while_idle"))
+        folder = _folder(tmp_path, ddp_parts=_parts())
+        spinning_while_idle(_script(), folder / "ddp_train.py")
         v = run_check("ddp.train", module=folder / "ddp_train.py", world_size=2, repeats=1)
         assert not v.passed and v.status == "fail", v.to_text()
         assert "which had nothing to do" in v.message and "background" in v.hint, v.to_text()

@@ -19,7 +19,7 @@ import pytest
 from autograder import run_check
 from autograder.harness import VerdictCache
 from autograder.timeline import bubble_formula, ideal_speedup, measured_bubble
-from conftest import control, solution, stub
+from conftest import control, solution, spinning_while_idle, stub
 
 PARTS = ("pipeline.split", "pipeline.schedule", "pipeline.step", "pipeline.checkpoint")
 # Mistakes in the script show in any run: one untimed round of the reference and the learner, few steps.
@@ -239,40 +239,12 @@ def test_forged_rank_parts_fail_the_script_check(tmp_path):
     assert "reference script's on the same secret data" in v.message, v.to_text()
 
 
-SPINS_WHILE_IDLE = '''
-
-# --- the forgery: a thread that burns CPU whenever main() is not running (slowing the reference's timed runs)
-import threading as _threading
-
-_running, _main = _threading.Event(), main
-
-
-def _spin():
-    while True:
-        if _running.is_set():
-            _running.wait(0.01)
-        else:
-            sum(range(10_000))
-
-
-_threading.Thread(target=_spin, daemon=True).start()
-
-
-def main(argv=None):
-    _running.set()
-    try:
-        return _main(argv)
-    finally:
-        _running.clear()
-'''
-
-
 @pytest.mark.slow
 def test_background_work_while_the_reference_runs_fails(tmp_path):
     """A script that slows the reference's 1-microbatch baseline (and so flatters its own speed-up) by spinning while
     it has nothing to do: its job's CPU time, read from /proc while the reference runs, names it."""
     folder = _folder(tmp_path)
-    (folder / "pipeline_train.py").write_text((folder / "pipeline_train.py").read_text() + SPINS_WHILE_IDLE)
+    spinning_while_idle(folder / "pipeline_train.py", folder / "pipeline_train.py")
     v = run_check("pipeline.train", module=folder / "pipeline_train.py", steps=2, rounds=1, max_rounds=1)
     assert not v.passed and v.status == "fail", v.to_text()
     assert "which had nothing to do" in v.message and "background" in v.hint, v.to_text()
