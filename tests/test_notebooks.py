@@ -113,3 +113,5 @@ def test_autograde_source_full_marks_release_zero(tmp_path, a):
     assert rows["solution"]["flags"] == "" and rows["blank"]["flags"] == ""  # cells and re-verification agree
     feedback = tmp_path / "grading" / "feedback" / "solution" / a.id / a.notebook.replace(".ipynb", ".html")
     assert feedback.is_file()
+    # Demo launches are not run while grading: no cell of a full-marks submission may fail for want of their output.
+    assert "Traceback (most recent call last)" not in feedback.read_text(), f"an error in {feedback}"
