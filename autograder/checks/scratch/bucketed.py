@@ -20,8 +20,8 @@ the learner's BucketedDDP.
 Each job runs in its own network namespace whose loopback is shaped with tc tbf (a rate limit,
 course.yaml `loopback_mbit`, with an Ethernet MTU and a burst of two packets): every all-reduced byte
 costs time, as on a real link, so hiding communication behind the backward shows, and sending in the
-backward's pauses earns no credit (a large burst let synchronous hooks pass for overlap). Rounds run the four sides in rotated order
-(measured.rotations); the harness times every task. Per round each side's speed-up over naive;
+backward's pauses earns no credit (a large burst let synchronous hooks pass for overlap). Rounds run
+the four sides in rotated order (measured.rotations); the harness times every task. Per round each side's speed-up over naive;
 medians over the rounds. The reference with and without overlap brackets what overlap buys on this
 machine now: pass line = no-overlap + overlap_share x (reference - no-overlap) (course.yaml), so
 that the fewer, larger collectives of buckets alone do not pass; INCONCLUSIVE (neither a pass nor a
@@ -86,7 +86,7 @@ def _setting(m) -> tuple[dict | None, str]:
     if os.geteuid() != 0:
         return None, ("overlap NOT MEASURED here: shaping the job's loopback (tc) needs root; it is measured when "
                       "the course is graded as root")
-    rate = m.trial.thresholds.get("loopback_mbit", 60)
+    rate = m.trial.thresholds.get("loopback_mbit", 15)
     # A link, not a token bucket: tbf lets a transfer that follows a quiet moment pass for free up to its burst,
     # which would reward all-reduces sent in pauses of the backward even when they block it (synchronous hooks
     # measured as fast as overlap with a 70 KB burst). A burst of a few packets holds no such credit, and tbf
