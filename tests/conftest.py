@@ -25,9 +25,20 @@ def no_process_outlives_the_test():
     deadline = time.monotonic() + 3  # processes that are exiting right now get a moment
     while (left := processes_with_env(TEST_TAG, tag)) and time.monotonic() < deadline:
         time.sleep(0.1)
+    described = [_describe(pid) for pid in left]
     for pid in left:
         os.kill(pid, signal.SIGKILL)
-    assert not left, f"processes outlived the test: {left}"
+    assert not left, "processes outlived the test:\n" + "\n".join(described)
+
+
+def _describe(pid: int) -> str:
+    """pid, state, parent and command line of a process, for a failure message."""
+    try:
+        status = dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":\t" in line)
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:300]
+        return f"  {pid} state {status.get('State', '?')}, parent {status.get('PPid', '?')}: {cmdline}"
+    except OSError:
+        return f"  {pid} (gone)"
 
 
 def control(area: str, name: str) -> Path:
