@@ -16,13 +16,14 @@ TEST_TAG = "COURSE_TEST_ID"
 
 
 @pytest.fixture(autouse=True)
-def no_process_outlives_the_test():
+def no_process_outlives_the_test(request):
     """Tag this test's environment; afterwards no process carrying the tag may be alive."""
     tag = uuid.uuid4().hex
     os.environ[TEST_TAG] = tag
     yield
     del os.environ[TEST_TAG]
-    deadline = time.monotonic() + 3  # processes that are exiting right now get a moment
+    grace = request.node.get_closest_marker("teardown_grace")   # seconds; processes exiting right now get them
+    deadline = time.monotonic() + (grace.args[0] if grace else 3)
     while (left := processes_with_env(TEST_TAG, tag)) and time.monotonic() < deadline:
         time.sleep(0.1)
     described = [_describe(pid) for pid in left]

@@ -38,7 +38,7 @@ import pytest
 
 import grading_course as gc
 from autograder.launch import processes_with_env
-from conftest import TEST_TAG, require_sandbox
+from conftest import require_sandbox
 
 pytestmark = pytest.mark.slow
 
@@ -390,6 +390,9 @@ def test_a_changed_grader_is_refused_naming_the_file(mini, tmp_path):
     assert proc.returncode == 2 and "autograder/harness.py" in proc.stderr and "refusing to grade" in proc.stderr
 
 
+# Every job is killed (SIGKILL) before `course grade` exits; on a busy machine a killed job's processes can take seconds
+# to be torn down (CI once saw four of them 3 s later). Dying is not outliving: 30 s, then leftovers are named.
+@pytest.mark.teardown_grace(30)
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "kill"])
 def test_interrupt_keeps_recorded_grades(mini, tmp_path, stop):
     """Ctrl-C or `kill` in the middle: what was recorded stays, the CSV has it, and no job is left running
@@ -412,10 +415,3 @@ def test_interrupt_keeps_recorded_grades(mini, tmp_path, stop):
     assert not (out / "records" / "honest" / "mini.json").exists()
     rows = {r["student"]: r for r in csv.DictReader(open(out / "grades.csv"))}
     assert set(rows) == {"blank"}
-    # Every job was killed (SIGKILL) before `course grade` exited; on a busy machine a killed job's processes can take
-    # seconds to be torn down (CI once saw four of them 3 s later). Dying is not outliving: give them 30 s, then
-    # the autouse fixture names anything still there.
-    tag = os.environ[TEST_TAG]
-    deadline = time.monotonic() + 30
-    while processes_with_env(TEST_TAG, tag) and time.monotonic() < deadline:
-        time.sleep(0.5)
