@@ -8,7 +8,7 @@ PORT   ?= 8888
 # Jupyter refuses to run as root unless told to (containers and CI boxes often are root).
 ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 
-.PHONY: setup lab test release data clean browser sandbox gpu-proof
+.PHONY: setup lab test test-full release data clean browser sandbox gpu-proof
 
 setup: $(VENV)/.setup-stamp sandbox
 
@@ -56,10 +56,16 @@ browser:
 	    echo "tests/test_browser.py will be skipped."; \
 	  fi; }
 
-# Correctness tests run two at a time; tests that measure speed run alone afterwards.
+# Correctness tests run two at a time (tests that share a module's fixtures stay on one worker: xdist_group);
+# tests that time a speed-up run alone afterwards. Notebooks run in the smoke configuration (tests/test_notebooks_run.py).
 test: setup browser
-	$(BIN)/python -m pytest -n 2 --dist loadfile -m "not timing"
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -m "not timing"
 	$(BIN)/python -m pytest -p no:xdist -m timing || [ $$? -eq 5 ]  # 5: no timing tests selected
+
+# The same, with every notebook in its full configuration (what a student runs; the speed-timing ones alone).
+test-full: setup browser
+	COURSE_TEST_FULL=1 $(BIN)/python -m pytest -n 2 --dist loadgroup -m "not timing"
+	COURSE_TEST_FULL=1 $(BIN)/python -m pytest -p no:xdist -m timing || [ $$? -eq 5 ]
 
 # Prove the course on a GPU host (set-up included): every check with the solutions and typical mistakes, the measured
 # figures and every notebook, at most 8 minutes; everything lands in gpu-proof/ (summary.json, logs, notebooks).

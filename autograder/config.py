@@ -17,6 +17,7 @@ def course_root() -> Path:
 
 
 SHORTCUTS_ENV = "COURSE_GRADING_SHORTCUTS"
+SMOKE_ENV = "COURSE_SMOKE"
 
 
 def grading_shortcuts() -> bool:
@@ -27,6 +28,13 @@ def grading_shortcuts() -> bool:
     launches on its own and every demo runs: the baseline `course bench grading` compares with.
     """
     return os.environ.get(SHORTCUTS_ENV, "on").lower() not in ("off", "0", "no", "false")
+
+
+def smoke() -> bool:
+    """The smoke configuration ($COURSE_SMOKE=1, what `make test` runs the notebooks in): every cell runs, with less
+    data and one epoch, and the notebook's self-checks judge correctness without timing (the full-marks grading
+    tests time them). Never while grading: the grading job's kernel does not receive the variable."""
+    return os.environ.get(SMOKE_ENV, "").lower() in ("1", "on", "yes", "true")
 
 
 class ConfigError(Exception):

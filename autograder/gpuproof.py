@@ -294,13 +294,9 @@ def _run_step(step: Step, out: Path) -> Outcome:
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
-    import signal
+    from .launch import stop_tree
 
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    proc.wait()
+    stop_tree(proc)
 
 
 def run(out: str | Path, *, gpus: int | None = None, profile: str | None = None, quick: bool = False,

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from . import feedback, sandbox
 from .config import course_root
+from .launch import stop_tree
 from .course import load_course
 from .records import MANUAL, Record
 from .reverify import reverify
@@ -128,18 +129,12 @@ def run_notebook(template: Path, notebook: Path, student: str, assignment: str, 
 
 
 def _kill(proc: subprocess.Popen, groups: list[Path]) -> None:
-    import signal
-
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+    stop_tree(proc)
     sandbox.kill_and_remove(groups)
-    proc.wait()
 
 
 def grade_one(out: Path, student: str, assignment_id: str, notebook: Path, *, sandboxed: bool) -> dict:
-    """{"record": ..., "feedback": html} for one submission."""
+    """{"record": ..., "feedback": html, "verdicts": {call key: verdict}} for one submission."""
     import hashlib
 
     course = load_course()
@@ -192,7 +187,7 @@ def grade_one(out: Path, student: str, assignment_id: str, notebook: Path, *, sa
     verdicts = {g: r.verdicts for g, r in checked.exercises.items()}
     nb = report.get("notebook") if isinstance(report.get("notebook"), dict) else None
     page = feedback.render(f"{student}: {a.id}", feedback.summary(record, verdicts), nb)
-    return {"record": asdict(record), "feedback": page}
+    return {"record": asdict(record), "feedback": page, "verdicts": checked.verdicts}
 
 
 def main(argv: list[str]) -> int:

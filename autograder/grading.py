@@ -14,7 +14,6 @@ install record (install.py); without a sandbox, grading refuses to start unless
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -30,8 +29,8 @@ from . import install, machine, nbglue, sandbox
 from .config import Assignment, ConfigError, course_root
 from .course import load_course
 from .gradejob import RESULT_MARK
-from .launch import sweep
-from .records import MANUAL, Record, record_path, write_csv
+from .launch import stop_tree
+from .records import MANUAL, Record, record_path, verdicts_path, write_csv
 from .submissions import Submission, collect
 
 GRADING_TOKEN = "COURSE_GRADING_TOKEN"
@@ -73,16 +72,16 @@ def _start(sub: Submission, out: Path, cpus: set[int], gpus: str | None, lock: P
 
 
 def _stop(proc, token: str) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    sweep(token, GRADING_TOKEN)
-    proc.wait()
+    """Kill the job and everything it started (its sandboxes whatever session they moved to, processes that carry
+    its token); return once they are gone."""
+    left = stop_tree(proc, token=token, token_env=GRADING_TOKEN)
+    if left:
+        print(f"grading: processes {left} of a stopped job are still exiting", file=sys.stderr)
 
 
-def _result(out: Path, sub: Submission, late: bool, assignment: Assignment) -> tuple[Record, str | None]:
-    """The record and feedback page the job sent, validated; or a "needs manual grading" record saying why not."""
+def _result(out: Path, sub: Submission, late: bool, assignment: Assignment) -> tuple[Record, str | None, dict]:
+    """The record, feedback page and trusted verdicts the job sent, validated; or a "needs manual grading" record
+    saying why not."""
     log = out / "logs" / f"{sub.student}--{sub.assignment}.log"
     reason = f"grading took longer than {SUBMISSION_TIME_LIMIT // 60} min" if late else ""
     if not late:
@@ -95,10 +94,13 @@ def _result(out: Path, sub: Submission, late: bool, assignment: Assignment) -> t
             record = Record.from_dict(raw["record"], max_points={e.grade_id: e.points for e in assignment.exercises})
             if (record.student, record.assignment, record.sha256) != (sub.student, sub.assignment, sub.sha256):
                 raise ValueError("the result is for another submission")
-            return record, str(raw["feedback"])
+            verdicts = raw.get("verdicts", {})
+            if not isinstance(verdicts, dict) or not all(isinstance(v, dict) for v in verdicts.values()):
+                raise ValueError("the verdicts are not a mapping of verdicts")
+            return record, str(raw["feedback"]), verdicts
         except (OSError, IndexError, KeyError, TypeError, ValueError) as exc:
             reason = f"the grader crashed ({type(exc).__name__}): {_tail(log)}"
-    return Record(sub.student, sub.assignment, sub.sha256, MANUAL, flags=[f"{MANUAL}: {reason}"]), None
+    return Record(sub.student, sub.assignment, sub.sha256, MANUAL, flags=[f"{MANUAL}: {reason}"]), None, {}
 
 
 def _tail(path: Path, n: int = 400) -> str:
@@ -108,8 +110,15 @@ def _tail(path: Path, n: int = 400) -> str:
         return ""
 
 
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(path)
+
+
 def _write_feedback(out: Path, sub: Submission, page: str | None) -> None:
-    from .feedback import PAGE_BYTES, render, summary
+    from .feedback import PAGE_BYTES, render
 
     dest = out / "feedback" / sub.student / sub.assignment
     dest.mkdir(parents=True, exist_ok=True)
@@ -167,21 +176,32 @@ class _Guard:
         return sorted(changed)
 
 
-@contextlib.contextmanager
-def _stopping_signals_interrupt():
-    """SIGTERM (`kill`, a batch system) and SIGHUP (a closed terminal) stop grading the way Ctrl-C does."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # only the main thread may set handlers; its signals keep their default
-        return
+class _StopRequest:
+    """Ctrl-C (SIGINT), `kill` (SIGTERM) and a closed terminal (SIGHUP) ask grading to stop.
 
-    def interrupt(signum, _frame):
-        raise KeyboardInterrupt(signal.Signals(signum).name)
+    The handler only sets a flag: the loop stops at its next turn (within a fraction of a second), so no
+    signal lands in the middle of starting a job or writing a record, and every running job is then
+    stopped with all it started before grading returns.
+    """
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
-    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
+    def __init__(self):
+        self.name: str | None = None
+
+    def __bool__(self) -> bool:
+        return self.name is not None
+
+    def __enter__(self) -> "_StopRequest":
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():   # only the main thread may set handlers
+            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def _handle(self, signum, _frame) -> None:
+        self.name = signal.Signals(signum).name
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self.previous.items():
             signal.signal(s, handler)
 
 
@@ -212,13 +232,11 @@ def grade(submissions: str | Path, *, out: str | Path = "grading", assignments: 
     course = load_course()
     chosen = [course.assignment(i) for i in assignments] if assignments else [a for a in course.assignments if a.graded]
     out = Path(out).resolve()
-    for sub in ("records", "logs", "feedback"):
+    for sub in ("records", "verdicts", "logs", "feedback"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     subs = collect(Path(submissions), chosen, out)
     todo = [s for s in subs if (r := Record.load(record_path(out, s.student, s.assignment))) is None
             or r.sha256 != s.sha256 or r.status != "graded"]
-    for a in {s.assignment for s in todo}:
-        _template(out, course.assignment(a))  # generated once, before jobs start copying it
     safe = _sandbox_problem() is None and not unsafe_no_sandbox
     if not safe and jobs > 1:
         print("without a sandbox submissions are graded one at a time (so a changed file names its student)",
@@ -228,15 +246,18 @@ def grade(submissions: str | Path, *, out: str | Path = "grading", assignments: 
     gpu_slots = machine.split_gpus(len(slots), _gpu_count()) if _gpu_count() else [None] * len(slots)
     lock = out / ".machine.lock"
     hide = os.pathsep.join(str(p) for p in (out, Path(submissions).resolve(), course_root()))
-    guard = None if safe else _Guard([course_root() / "source" / a.id / a.notebook for a in chosen]
-                                     + [out / ".template", out / "records", out / "feedback"])
     assignments_by_id = {a.id: a for a in chosen}
     running: dict[int, tuple] = {}
-    bar = tqdm(total=len(subs), initial=len(subs) - len(todo), desc="grading", unit="submission",
-               disable=not progress)
-    with _stopping_signals_interrupt():
+    with _StopRequest() as stop:
+        for a in {s.assignment for s in todo}:
+            if not stop:
+                _template(out, course.assignment(a))  # generated once, before jobs start copying it
+        guard = None if safe else _Guard([course_root() / "source" / a.id / a.notebook for a in chosen]
+                                         + [out / ".template", out / "records", out / "verdicts", out / "feedback"])
+        bar = tqdm(total=len(subs), initial=len(subs) - len(todo), desc="grading", unit="submission",
+                   disable=not progress)
         try:
-            while todo or running:
+            while (todo or running) and not stop:
                 for slot in range(len(slots)):
                     if slot not in running and todo:
                         sub = todo.pop(0)
@@ -249,7 +270,7 @@ def grade(submissions: str | Path, *, out: str | Path = "grading", assignments: 
                     _stop(proc, token)
                     log.close()
                     del running[slot]
-                    record, page = _result(out, sub, late, assignments_by_id[sub.assignment])
+                    record, page, verdicts = _result(out, sub, late, assignments_by_id[sub.assignment])
                     if guard is not None:
                         changed = guard.restore_changes()
                         if changed:
@@ -260,21 +281,23 @@ def grade(submissions: str | Path, *, out: str | Path = "grading", assignments: 
                     own = record_path(out, sub.student, sub.assignment)
                     record.save(own)
                     _write_feedback(out, sub, page)
+                    _write_json(verdicts_path(out, sub.student, sub.assignment), verdicts)
                     if guard is not None:
                         guard.accept_all()
                     bar.update(1)
                     write_csv(out, course)
-        except (KeyboardInterrupt, install.InstallChanged) as exc:
+        except install.InstallChanged as exc:
+            raise GradingRefused(f"stopped grading: {exc}") from None
+        finally:   # whatever ended the loop: no job outlives it, and the CSV has every record
             for sub, proc, token, log, _ in running.values():
                 _stop(proc, token)
-            write_csv(out, course)
-            if isinstance(exc, install.InstallChanged):
-                raise GradingRefused(f"stopped grading: {exc}") from None
-            print(f"\ninterrupted: every recorded grade is kept in {out / 'records'}; "
-                  "run the same command to go on.", file=sys.stderr)
-            raise
-        finally:
+                log.close()
             bar.close()
+            write_csv(out, course)
+    if stop:
+        print(f"\ninterrupted ({stop.name}): every recorded grade is kept in {out / 'records'}; "
+              "run the same command to go on.", file=sys.stderr)
+        raise KeyboardInterrupt(stop.name)
     path = write_csv(out, course)
     print(f"graded {len(subs)} submission(s): {path}; feedback in {out / 'feedback'}")
     return path

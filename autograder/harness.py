@@ -391,6 +391,8 @@ def check(exercise_id: str, **overrides: Any) -> None:
         if note:
             print(note)
     else:
+        if config.smoke():   # the test suite's run of every notebook: correctness here, speed in the grading tests
+            overrides = {**checks.get(exercise_id).unmeasured, **overrides}
         cache = NOTEBOOK_CACHE if config.grading_shortcuts() else None
         try:
             verdict = run_check(exercise_id, cache=cache, **overrides)

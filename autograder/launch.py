@@ -1,8 +1,10 @@
-"""torchrun command lines, free ports, and the sweep that kills every process carrying a job's token.
+"""torchrun command lines, free ports, and stopping a job: its whole process tree, and every process carrying its token.
 
 Every process of a job carries a unique token in its environment. Outside a sandbox, the
 sweep finds and kills every process the job started when it ends, including children that
 moved to another session (inside a sandbox, killing the sandbox kills everything).
+`stop_tree` stops a process and every descendant (sandboxes included, whatever session or
+process group they moved to) and returns only once they are gone.
 """
 from __future__ import annotations
 
@@ -67,3 +69,76 @@ def sweep(token: str, name: str = TOKEN_ENV) -> list[int]:
                 pass
         time.sleep(0.05)
     return killed
+
+
+def _children() -> dict[int, list[int]]:
+    """parent pid -> child pids, for every live (not zombie) process."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        state, ppid = stat[stat.rfind(b")") + 2:].split()[:2]
+        if state != b"Z":
+            children.setdefault(int(ppid), []).append(int(entry))
+    return children
+
+
+def _tree(pid: int) -> set[int]:
+    """pid and its live descendants."""
+    children, found, todo = _children(), set(), [pid]
+    while todo:
+        p = todo.pop()
+        if p not in found:
+            found.add(p)
+            todo += children.get(p, [])
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rfind(b")") + 2:][:1] != b"Z"
+
+
+def stop_tree(proc, *, token: str | None = None, token_env: str = TOKEN_ENV, grace: float = 8.0) -> list[int]:
+    """Stop `proc` (a Popen) and everything it started; return once all of it is gone (at most `grace` s).
+
+    The tree is frozen first (SIGSTOP, repeated until no new process appears: a stopped process
+    cannot fork), then killed, so nothing escapes by being reparented while we kill its parent;
+    processes that already left the tree are found by their token. Returns the pids still
+    alive after `grace` seconds (none, unless a process is stuck in the kernel).
+    """
+    frozen: set[int] = set()
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        new = _tree(proc.pid) - frozen   # proc itself is not reaped yet: its pid is not reused
+        if not new:
+            break
+        for pid in new:
+            _signal(pid, signal.SIGSTOP)
+        frozen |= new
+    for pid in frozen:
+        _signal(pid, signal.SIGKILL)
+    if token is not None:
+        sweep(token, token_env)
+    proc.wait()
+    left = [p for p in frozen if _alive(p)]
+    while left and time.monotonic() < deadline:
+        time.sleep(0.02)
+        left = [p for p in left if _alive(p)]
+    return left
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -73,11 +73,13 @@ def run_nbgrader(root: Path, *args: str, env: dict[str, str] | None = None) -> s
     """
     token = uuid.uuid4().hex
     with tempfile.TemporaryFile() as out:
-        proc = subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=root, stdin=subprocess.DEVNULL,
-                              stdout=out, stderr=subprocess.STDOUT,
-                              env={**os.environ, **(env or {}), "PATH": _path_with_this_python(),
-                                   NBGRADER_TOKEN: token})
-        sweep(token, NBGRADER_TOKEN)
+        try:
+            proc = subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=root, stdin=subprocess.DEVNULL,
+                                  stdout=out, stderr=subprocess.STDOUT,
+                                  env={**os.environ, **(env or {}), "PATH": _path_with_this_python(),
+                                       NBGRADER_TOKEN: token})
+        finally:   # also when interrupted: nbgrader's own children (alembic) would outlive it
+            sweep(token, NBGRADER_TOKEN)
         out.seek(0)
         text = out.read().decode(errors="replace")
     if proc.returncode != 0:

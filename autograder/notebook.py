@@ -34,20 +34,44 @@ def skip_launches_while_grading(lines: list[str]) -> list[str]:
     return out
 
 
+# What a smoke run (config.smoke) trains on in a `!torchrun` launch: every cell runs, briefly.
+SMOKE_LIMIT, SMOKE_EPOCHS = 256, 1
+_SIZE_FLAG = re.compile(r"--(limit|epochs)(\s+|=)(\d+)")
+
+
+def shorten_launches(lines: list[str]) -> list[str]:
+    """IPython input transformer for the smoke configuration: `!torchrun` lines train on at most SMOKE_LIMIT images
+    for SMOKE_EPOCHS epoch(s); nothing else changes."""
+    def smaller(found: re.Match) -> str:
+        cap = SMOKE_LIMIT if found[1] == "limit" else SMOKE_EPOCHS
+        return f"--{found[1]}{found[2]}{min(int(found[3]), cap)}"
+
+    return [_SIZE_FLAG.sub(smaller, line) if TORCHRUN_LINE.match(line) else line for line in lines]
+
+
+def short_run() -> bool:
+    """Whether training cells should train briefly: while nbgrader grades, or in the smoke configuration."""
+    return grading() or config.smoke()
+
+
 def setup() -> int:
     """Prepare this kernel for torchrun cells and say which profile is active; returns the rank count.
 
     - puts this Python's scripts (torchrun, course) first on PATH, so `!torchrun` is the right one;
     - exports the profile's per-rank environment (OMP_NUM_THREADS=1 on the cpu profile), which
       every `!torchrun` launched from the notebook inherits;
-    - while nbgrader grades, turns `!torchrun` demo lines into a printed note (not graded).
+    - while nbgrader grades, turns `!torchrun` demo lines into a printed note (not graded);
+    - in the smoke configuration ($COURSE_SMOKE=1, the test suite), makes `!torchrun` training launches short.
     """
-    if grading() and config.grading_shortcuts():
+    transformers = ([skip_launches_while_grading] if grading() and config.grading_shortcuts() else []) + (
+        [shorten_launches] if config.smoke() and not grading() else [])
+    if transformers:
         from IPython import get_ipython
 
         shell = get_ipython()
-        if shell is not None and skip_launches_while_grading not in shell.input_transformers_cleanup:
-            shell.input_transformers_cleanup.append(skip_launches_while_grading)
+        for transform in transformers if shell is not None else []:
+            if transform not in shell.input_transformers_cleanup:
+                shell.input_transformers_cleanup.append(transform)
     bindir = str(Path(sys.executable).parent)
     if not os.environ.get("PATH", "").startswith(bindir + os.pathsep):
         os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
@@ -58,6 +82,9 @@ def setup() -> int:
     threads = profile.threads_per_rank or "default"
     print(f"Profile: {profile.name} ({profile.backend}, {nproc} ranks, {threads} thread(s) per rank). "
           f"Use NPROC={nproc} in torchrun cells.")
+    if config.smoke() and not grading():
+        print(f"Smoke configuration ({config.SMOKE_ENV}=1): launches train on at most {SMOKE_LIMIT} images for "
+              f"{SMOKE_EPOCHS} epoch; self-checks judge correctness, not speed.")
     return nproc
 
 

@@ -71,6 +71,12 @@ def record_path(out: Path, student: str, assignment: str) -> Path:
     return out / "records" / student / f"{assignment}.json"
 
 
+def verdicts_path(out: Path, student: str, assignment: str) -> Path:
+    """The trusted verdicts behind a record (call key -> verdict as a dict, figures' data included): what each check
+    call of the re-verification found, for an instructor who wants the measured figures."""
+    return out / "verdicts" / student / f"{assignment}.json"
+
+
 def write_csv(out: Path, course: Course) -> Path:
     """grades.csv from the records: one row per student, per-exercise points, total, max, flags."""
     records = [r for p in sorted((out / "records").glob("*/*.json")) if (r := Record.load(p))]

@@ -406,13 +406,8 @@ class Job:
             except OSError:
                 pass
         if self.proc is not None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+            launch.stop_tree(self.proc, token=self.token)
             sandbox.kill_and_remove(self.cgroups)
-            launch.sweep(self.token)
-            self.proc.wait()
         self.selector.close()
         self.listener.close()
         self.folder.remove()

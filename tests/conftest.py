@@ -1,11 +1,20 @@
-"""Shared fixtures: every test proves that no process it started outlives it."""
+"""Shared fixtures: every test proves that no process it started outlives it; expensive artefacts (a graded
+assignment) are produced once per test session, whichever pytest-xdist worker asks first, and read by every test
+that needs them."""
 from __future__ import annotations
 
+import contextlib
+import csv
+import fcntl
+import json
 import os
+import shutil
 import signal
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -16,14 +25,13 @@ TEST_TAG = "COURSE_TEST_ID"
 
 
 @pytest.fixture(autouse=True)
-def no_process_outlives_the_test(request):
+def no_process_outlives_the_test():
     """Tag this test's environment; afterwards no process carrying the tag may be alive."""
     tag = uuid.uuid4().hex
     os.environ[TEST_TAG] = tag
     yield
     del os.environ[TEST_TAG]
-    grace = request.node.get_closest_marker("teardown_grace")   # seconds; processes exiting right now get them
-    deadline = time.monotonic() + (grace.args[0] if grace else 3)
+    deadline = time.monotonic() + 3   # processes exiting right now get 3 s
     while (left := processes_with_env(TEST_TAG, tag)) and time.monotonic() < deadline:
         time.sleep(0.1)
     described = [_describe(pid) for pid in left]
@@ -106,3 +114,88 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------ artefacts made once per test session
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    with open(path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)   # the other worker waits here while the artefact is being made
+        yield
+
+
+class Artefacts:
+    """Folders made once per test session: `folder(name, make)` runs make(folder) the first time any worker asks
+    for `name`, and returns the finished folder to every later caller, in any worker."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def folder(self, name: str, make: Callable[[Path], None]) -> Path:
+        folder = self.root / name
+        with _locked(self.root / f"{name}.lock"):
+            if not (folder / ".done").exists():
+                shutil.rmtree(folder, ignore_errors=True)   # a half-made one (its maker failed)
+                folder.mkdir()
+                make(folder)
+                (folder / ".done").touch()
+        return folder
+
+
+@pytest.fixture(scope="session")
+def artefacts(tmp_path_factory) -> Artefacts:
+    base = tmp_path_factory.getbasetemp()
+    # Under pytest-xdist every worker has its own basetemp inside one folder of this session: share that one.
+    return Artefacts((base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared-artefacts")
+
+
+@dataclass(frozen=True)
+class Graded:
+    """One assignment graded through `course grade`: the source's solutions handed in as student "solution" (no
+    hidden tests) and the release notebook as "blank"."""
+    out: Path
+    rows: dict[str, dict]
+
+    def verdicts(self, student: str, assignment: str) -> dict:
+        """call key -> Verdict, as the trusted re-verification found them (autograder.trusted.call_key)."""
+        from autograder.records import verdicts_path
+        from autograder.verdict import Verdict
+
+        raw = json.loads(verdicts_path(self.out, student, assignment).read_text())
+        return {key: Verdict.from_dict(v) for key, v in raw.items()}
+
+    def verdict(self, student: str, assignment: str, exercise: str, **overrides):
+        from autograder.trusted import call_key
+
+        return self.verdicts(student, assignment)[call_key(exercise, overrides)]
+
+
+def _grade_solution_and_blank(assignment_id: str, folder: Path) -> None:
+    from autograder import grading
+    from autograder.config import course_root
+    from autograder.course import load_course
+    from autograder.submissions import solved
+
+    a = load_course().assignment(assignment_id)
+    subs = folder / "submissions"
+    for student, notebook in (("solution", solved(course_root() / "source" / a.id / a.notebook)),
+                              ("blank", (course_root() / "release" / a.id / a.notebook).read_text())):
+        (subs / student / a.id).mkdir(parents=True)
+        (subs / student / a.id / a.notebook).write_text(notebook)
+    csv_path = grading.grade(subs, out=folder / "grading", assignments=[a.id], progress=False)
+    if "run course grade again" in open(csv_path).read():
+        # A speed measurement that could not decide (never a fail): what the flag tells the instructor to do. The
+        # re-run re-grades only that submission.
+        grading.grade(subs, out=folder / "grading", assignments=[a.id], progress=False)
+
+
+@pytest.fixture(scope="session")
+def graded_assignment(artefacts) -> Callable[[str], Graded]:
+    """graded_assignment(assignment_id): that assignment's solution and blank, graded once per test session (1-5 min each)."""
+    def get(assignment_id: str) -> Graded:
+        folder = artefacts.folder(f"graded-{assignment_id}", lambda f: _grade_solution_and_blank(assignment_id, f))
+        out = folder / "grading"
+        return Graded(out, {r["student"]: r for r in csv.DictReader(open(out / "grades.csv"))})
+    return get

@@ -64,7 +64,7 @@ def build(root: Path) -> Path:
     """Write course.yaml and source/mini/mini.ipynb under root; returns root."""
     raw = yaml.safe_load((REPO_ROOT / "course.yaml").read_text())
     raw["assignments"] = [{"id": ASSIGNMENT, "notebook": f"{ASSIGNMENT}.ipynb", "graded": True, "exercises": [
-        {"id": e, "module": "torchrun_basics.py", "points": 1, "time_limit": 60}
+        {"id": e, "module": "torchrun_basics.py", "points": 1, "time_limit": 30}
         for e in ("torchrun.env", "torchrun.mean", "torchrun.gather")]}]
     (root / "source" / ASSIGNMENT).mkdir(parents=True)
     (root / "course.yaml").write_text(yaml.safe_dump(raw))

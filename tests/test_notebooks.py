@@ -1,14 +1,13 @@
 """nbgrader path end to end: release/ in sync with source/, metadata validated, source full marks, release zero."""
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 from pathlib import Path
 
 import pytest
 
-from autograder import checks, grading, nbglue
+from autograder import checks, nbglue
 from autograder.submissions import solved
 from autograder.config import ConfigError, course_root
 from autograder.harness import load_course
@@ -84,34 +83,27 @@ def test_points_must_match_course_yaml(tmp_path):
         nbglue.validate_source(COURSE, GRADED[0], root)
 
 
-def _measures(a) -> bool:
-    """Whether grading the assignment measures speed or memory (then never beside other tests)."""
-    return any(checks.get(e.id).measure is not None for e in a.exercises)
+def _times_speed(a) -> bool:
+    """Whether grading the assignment times a speed-up (then never beside other tests; memory is measured beside them)."""
+    return any(checks.get(e.id).measures_speed for e in a.exercises)
 
 
-@pytest.mark.parametrize("a", [pytest.param(a, marks=pytest.mark.timing if _measures(a) else pytest.mark.slow)
+@pytest.mark.parametrize("a", [pytest.param(a, marks=pytest.mark.timing if _times_speed(a) else pytest.mark.slow)
                                for a in GRADED], ids=lambda a: a.id)
-def test_autograde_source_full_marks_release_zero(tmp_path, a):
+def test_autograde_source_full_marks_release_zero(graded_assignment, a):
     """The source notebook's solutions, handed in as a student would (no hidden tests), score every point with no
-    flag; the release notebook as shipped scores 0 everywhere."""
-    subs = tmp_path / "submissions"
-    for student, notebook in (("solution", solved(course_root() / "source" / a.id / a.notebook)),
-                              ("blank", (course_root() / "release" / a.id / a.notebook).read_text())):
-        (subs / student / a.id).mkdir(parents=True)
-        (subs / student / a.id / a.notebook).write_text(notebook)
-    csv_path = grading.grade(subs, out=tmp_path / "grading", assignments=[a.id], progress=False)
-    rows = {r["student"]: r for r in csv.DictReader(open(csv_path))}
-    if "run course grade again" in rows["solution"]["flags"]:
-        # A speed measurement that could not decide (never a fail): what the flag tells the instructor to do. The
-        # re-run re-grades only that submission (measured here: the reference's own rounds 1.54, 1.08, 1.08x).
-        csv_path = grading.grade(subs, out=tmp_path / "grading", assignments=[a.id], progress=False)
-        rows = {r["student"]: r for r in csv.DictReader(open(csv_path))}
+    flag; the release notebook as shipped scores 0 everywhere. The graded pair is the session's (conftest): the
+    reference timing tests of 04, 05 and 07 read their measured verdicts from it."""
+    graded = graded_assignment(a.id)
+    rows = graded.rows
     for e in a.exercises:
         assert float(rows["solution"][e.grade_id]) == e.points, (e.id, rows["solution"])
         assert float(rows["blank"][e.grade_id]) == 0, (e.id, rows["blank"])
     assert float(rows["solution"]["total"]) == a.points
     assert rows["solution"]["flags"] == "" and rows["blank"]["flags"] == ""  # cells and re-verification agree
-    feedback = tmp_path / "grading" / "feedback" / "solution" / a.id / a.notebook.replace(".ipynb", ".html")
+    feedback = graded.out / "feedback" / "solution" / a.id / a.notebook.replace(".ipynb", ".html")
     assert feedback.is_file()
     # Demo launches are not run while grading: no cell of a full-marks submission may fail for want of their output.
     assert "Traceback (most recent call last)" not in feedback.read_text(), f"an error in {feedback}"
+    verdicts = graded.verdicts("solution", a.id)
+    assert verdicts and all(v.passed for v in verdicts.values()), {k: v.status for k, v in verdicts.items()}

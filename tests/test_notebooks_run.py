@@ -1,33 +1,41 @@
 """Every notebook, solved (the source without its hidden tests), run top to bottom as a student runs it (demos,
 torchrun launches, plots, self-checks) on the cpu profile: no error, no time-out, no traceback in any cell's output
-(but where a cell shows one on purpose). Each notebook's time is printed (`pytest -s`)."""
-import json
+(but where a cell shows one on purpose). Each notebook's time is printed (`pytest -s`).
+
+`make test` runs them in the smoke configuration (COURSE_SMOKE=1: launches train on a few hundred images for one epoch,
+self-checks judge correctness without timing; the full-marks grading tests time the same solutions), beside other
+tests. `make test-full` (COURSE_TEST_FULL=1) runs the full configuration, the speed-timing notebooks alone."""
+import os
 from pathlib import Path
 
 import nbformat
 import pytest
 
 from autograder import checks
+from autograder.config import SMOKE_ENV
 from autograder.course import load_course
 from autograder.nbexecute import SHOWS_TRACEBACK, printed_tracebacks, run_notebook, source_notebook
 from autograder.submissions import solved
 
 CELL_TIMEOUT = 600   # seconds per cell: the longest cells launch a torchrun training
+FULL = os.environ.get("COURSE_TEST_FULL") == "1"
 
 
-def _measures_speed(assignment) -> bool:
-    """Whether the notebook's self-checks time a speed-up (then it runs alone, in the timing phase: beside other
-    tests the reference itself misses its line, and the check fails or cannot decide)."""
-    return any(checks.get(e.id).measures_speed for e in assignment.exercises)
+def _times_speed(assignment) -> bool:
+    """Whether the notebook's self-checks time a speed-up in this configuration (then it runs alone, in the timing
+    phase: beside other tests the reference itself misses its line, and the check fails or cannot decide)."""
+    return FULL and any(checks.get(e.id).measures_speed for e in assignment.exercises)
 
 
 @pytest.mark.parametrize("assignment", [
-    pytest.param(a.id, marks=pytest.mark.timing if _measures_speed(a) else pytest.mark.slow)
+    pytest.param(a.id, marks=pytest.mark.timing if _times_speed(a) else pytest.mark.slow)
     for a in load_course().assignments])
 def test_the_notebook_runs_top_to_bottom(assignment, tmp_path, monkeypatch):
     """The source notebook as a student who solved it runs it: every demo, launch, plot and self-check cell, the
-    hidden tests aside (the instructor's variants; grading and the check tests run those)."""
+    hidden tests aside (the instructor's variants; grading and the check tests run those). Takes 1-3 min for the
+    notebooks that train (01, 02, 04-07) in the smoke configuration."""
     monkeypatch.setenv("COURSE_PROFILE", "cpu")
+    monkeypatch.setenv(SMOKE_ENV, "0" if FULL else "1")
     notebook = tmp_path / "student" / f"{assignment}.ipynb"
     notebook.parent.mkdir()
     notebook.write_text(solved(source_notebook(assignment)))

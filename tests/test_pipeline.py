@@ -253,14 +253,12 @@ def test_background_work_while_the_reference_runs_fails(tmp_path):
 # ------------------------------------------------------------------ speed and timeline
 
 @pytest.mark.timing
-def test_reference_script_overlaps_microbatches():
-    """The reference's speed-up over one microbatch passes the calibrated line, with a timeline of both schedules;
-    re-run (once) only when the check finds the machine too busy to decide, as its hint tells a student."""
-    for attempt in range(2):
-        v = run_check("pipeline.train", module=solution("05_pipeline", "pipeline_train.py"))
-        print(f"\nattempt {attempt + 1}: {v.to_text()}")
-        if v.status != "inconclusive":
-            break
+def test_reference_script_overlaps_microbatches(graded_assignment):
+    """The reference's speed-up over one microbatch passes the calibrated line, with a timeline of both schedules:
+    read from the session's full-marks grade of 05 (the same script, measured once; that grade re-runs an undecided
+    measurement, as the hint tells a student)."""
+    v = graded_assignment("05_pipeline").verdict("solution", "05_pipeline", "pipeline.train")
+    print(f"\n{v.to_text()}")
     assert v.passed, v.to_text()
     speedup, timeline = v.details["speedup"], v.details["timeline"]
     assert speedup["measured"] >= speedup["threshold"] and speedup["ideal"] == pytest.approx(1.6)

@@ -89,12 +89,15 @@ class Check:
     defaults: dict[str, Any] = field(default_factory=dict)
     measure: Callable[[Any], Any] | None = None        # speed/memory: runs its own jobs (checks/measured.py)
     measures_speed: bool = False                       # needs the machine alone (no shared launch)
+    unmeasured: dict[str, Any] = field(default_factory=dict)   # overrides for correctness only (smoke configuration)
 
     def __post_init__(self):
         if self.group not in GROUPS:
             raise ValueError(f"{self.id}: group must be one of {GROUPS}")
         if self.measure is None and (self.judge is None or self.inputs is None):
             raise ValueError(f"{self.id}: a check needs inputs and a judge (or a measure)")
+        if self.measures_speed and not self.unmeasured:
+            raise ValueError(f"{self.id}: a check that times a speed-up says how to run it untimed (unmeasured=...)")
 
     @property
     def rank_part(self) -> str:

@@ -285,5 +285,5 @@ def _measure(m) -> tuple[str, dict]:
 
 
 CHECK = Check(id="ddp.train", functions=("main", "parse_args", "load_data"), measure=_measure, measures_speed=True,
-              explain=explain, defaults={"images": 256, "epochs": 1, "batch_size": 32, "repeats": 3,
+              unmeasured={"repeats": 0}, explain=explain, defaults={"images": 256, "epochs": 1, "batch_size": 32, "repeats": 3,
                                           "max_repeats": 7, "warmup_images": 32})

@@ -266,5 +266,6 @@ def _measure(m):
 
 
 CHECK = Check(id="pipeline.train", functions=("main",), measure=_measure, measures_speed=True, explain=explain,
+              unmeasured={"judge_speed": False},
               defaults={"microbatches": 4, "batch_size": 64, "steps": 5, "rounds": 3, "max_rounds": 7,
                         "judge_speed": True})
