@@ -14,6 +14,7 @@ install record (install.py); without a sandbox, grading refuses to start unless
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -187,9 +188,22 @@ class _StopRequest:
 
     def __init__(self):
         self.name: str | None = None
+        self.raising = False
 
     def __bool__(self) -> bool:
         return self.name is not None
+
+    @contextlib.contextmanager
+    def interrupting(self):
+        """Within it, a signal interrupts at once (KeyboardInterrupt): for work that starts no job (nbgrader making
+        a template), which would otherwise finish first."""
+        self.raising = True
+        try:
+            if self:
+                raise KeyboardInterrupt(self.name)
+            yield
+        finally:
+            self.raising = False
 
     def __enter__(self) -> "_StopRequest":
         self.previous = {}
@@ -199,6 +213,8 @@ class _StopRequest:
 
     def _handle(self, signum, _frame) -> None:
         self.name = signal.Signals(signum).name
+        if self.raising:
+            raise KeyboardInterrupt(self.name)
 
     def __exit__(self, *exc) -> None:
         for s, handler in self.previous.items():
@@ -249,9 +265,12 @@ def grade(submissions: str | Path, *, out: str | Path = "grading", assignments: 
     assignments_by_id = {a.id: a for a in chosen}
     running: dict[int, tuple] = {}
     with _StopRequest() as stop:
-        for a in {s.assignment for s in todo}:
-            if not stop:
-                _template(out, course.assignment(a))  # generated once, before jobs start copying it
+        try:
+            with stop.interrupting():
+                for a in {s.assignment for s in todo}:
+                    _template(out, course.assignment(a))  # generated once, before jobs start copying it
+        except KeyboardInterrupt:
+            pass   # nbgrader and what it started are gone (run_nbgrader); no job has started
         guard = None if safe else _Guard([course_root() / "source" / a.id / a.notebook for a in chosen]
                                          + [out / ".template", out / "records", out / "verdicts", out / "feedback"])
         bar = tqdm(total=len(subs), initial=len(subs) - len(todo), desc="grading", unit="submission",
