@@ -2,8 +2,12 @@
 
 Everything from the submission is untrusted: outputs keep only plain text and PNG images
 (no HTML, JavaScript, SVG or widgets), each cut to a size; markdown is cleaned to a short
-list of tags and attributes (no script, no event handlers, no iframes); the whole page is
-capped. The verdicts render themselves escaped (verdict.Verdict.to_html).
+list of tags and attributes (no script, no event handlers, no iframes); the rendered page is
+cleaned again (markdown's own link syntax becomes HTML only when nbconvert renders it): no
+script element, no event handler, and every link or image address is relative, http(s),
+mailto or (images) an inline PNG; the page carries a Content-Security-Policy that runs no
+script and loads nothing from elsewhere; the whole page is capped. The verdicts render
+themselves escaped (verdict.Verdict.to_html).
 """
 from __future__ import annotations
 
@@ -21,6 +25,13 @@ TAGS = ["a", "abbr", "b", "blockquote", "br", "code", "del", "details", "div", "
         "tbody", "td", "th", "thead", "tr", "ul"]
 ATTRIBUTES = {"a": ["href", "title"], "img": ["src", "alt", "title", "width", "height"], "*": ["class", "align"]}
 PROTOCOLS = ["http", "https", "mailto"]
+# No script runs, nothing loads from elsewhere (images are inline PNGs), no form posts, no <base> redirects links.
+CSP = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; "
+       "frame-ancestors 'none'")
+_SCRIPT = re.compile(r"<script\b.*?(</script\s*>|$)", re.I | re.S)
+_HANDLER = re.compile(r"""\son[a-z]+\s*=\s*("[^"]*"|'[^']*'|[^\s>]+)""", re.I)
+_ADDRESS = re.compile(r"""(\s(?:href|src|action|formaction|xlink:href|poster|background)\s*=\s*)("[^"]*"|'[^']*'|[^\s>]+)""",
+                      re.I)
 
 
 def _cut(text: str, limit: int) -> str:
@@ -61,6 +72,29 @@ def _clean_output(output: dict) -> dict | None:
     return None
 
 
+def _grade_id(cell) -> str | None:
+    meta = cell.get("metadata") if isinstance(cell, dict) else None
+    nbgrader = meta.get("nbgrader") if isinstance(meta, dict) else None
+    return nbgrader.get("grade_id") if isinstance(nbgrader, dict) and nbgrader.get("grade") else None
+
+
+def without_hidden_tests(notebook: dict, released: dict, points: dict[str, float]) -> dict:
+    """A copy whose test cells read as released: the instructor's hidden tests that ran in them are not shown; a
+    line says they ran, with the exercise's score (hidden tests included)."""
+    shown = {g: _text(c.get("source", "")) for c in released.get("cells", []) if (g := _grade_id(c))}
+    nb = copy.deepcopy(notebook)
+    for cell in nb.get("cells", []) if isinstance(nb.get("cells"), list) else []:
+        grade_id = _grade_id(cell)
+        if grade_id is None:
+            continue
+        source = shown.get(grade_id, "")
+        if _text(cell.get("source", "")).strip() != source.strip():
+            source += (f"\n# Hidden tests of the instructor also ran in this cell (not shown); the exercise's "
+                       f"score, hidden tests included: {points.get(grade_id, 0):g}.")
+        cell["source"] = source
+    return nb
+
+
 def sanitize(notebook: dict) -> dict:
     """A copy of the notebook that renders without any markup or script the student wrote."""
     import bleach
@@ -87,6 +121,35 @@ def sanitize(notebook: dict) -> dict:
                                          "language_info": {"name": "python"}}, "nbformat": 4, "nbformat_minor": 5}
 
 
+def safe_address(value: str, *, image: bool = False) -> bool:
+    """Whether a link or image address (as written in an attribute, entities and all) is harmless: relative,
+    http(s), mailto, or an inline PNG for an image. Browsers ignore whitespace and control characters in a scheme
+    and decode entities first, and so does this."""
+    plain = re.sub(r"[\x00-\x20\x7f]", "", html.unescape(value)).lower()
+    scheme = re.match(r"([a-z][a-z0-9+.\-]*):", plain)
+    if scheme is None:
+        return True                                     # relative: #anchor, page.html, /path
+    if image:
+        return plain.startswith("data:image/png;base64,")
+    return scheme[1] in PROTOCOLS
+
+
+def clean_page(page: str) -> str:
+    """The rendered page without scripts, event handlers and unsafe addresses, with the CSP as its first head tag."""
+    page = _SCRIPT.sub("", page)
+    page = _HANDLER.sub("", page)
+
+    def address(found: re.Match) -> str:
+        value = found[2].strip("\"'")
+        keep = safe_address(value, image="src" in found[1].lower())
+        return found[0] if keep else f'{found[1]}"#removed-unsafe-address"'
+
+    page = _ADDRESS.sub(address, page)
+    meta = f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+    head = re.search(r"<head[^>]*>", page, re.I)
+    return page[:head.end()] + meta + page[head.end():] if head else meta + page
+
+
 def render(title: str, summary_html: str, notebook: dict | None) -> str:
     """The page: a summary (already escaped by its makers) and the sanitised notebook, capped at PAGE_BYTES."""
     import nbformat
@@ -106,10 +169,11 @@ def render(title: str, summary_html: str, notebook: dict | None) -> str:
                f"<body>{head}<p>No notebook to show.</p></body></html>"
     else:
         page = re.sub(r"(<body[^>]*>)", lambda m: m[1] + head, body, count=1)
+    page = clean_page(page)
     if len(page.encode()) > PAGE_BYTES:
-        page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>"
-                f"<body>{head}<p>The notebook's rendering was over {PAGE_BYTES // 2**20} MiB and is not shown: its "
-                f"outputs are too large.</p></body></html>")
+        page = clean_page(f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+                          f"</head><body>{head}<p>The notebook's rendering was over {PAGE_BYTES // 2**20} MiB and is "
+                          f"not shown: its outputs are too large.</p></body></html>")
     return page
 
 

@@ -186,6 +186,8 @@ def grade_one(out: Path, student: str, assignment_id: str, notebook: Path, *, sa
     record.seconds = round(time.monotonic() - start, 1)
     verdicts = {g: r.verdicts for g, r in checked.exercises.items()}
     nb = report.get("notebook") if isinstance(report.get("notebook"), dict) else None
+    if nb is not None:
+        nb = feedback.without_hidden_tests(nb, released, record.points)
     page = feedback.render(f"{student}: {a.id}", feedback.summary(record, verdicts), nb)
     return {"record": asdict(record), "feedback": page, "verdicts": checked.verdicts}
 

@@ -251,8 +251,12 @@ def grade(submissions: str | Path, *, out: str | Path = "grading", assignments: 
     for sub in ("records", "verdicts", "logs", "feedback"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     subs = collect(Path(submissions), chosen, out)
-    todo = [s for s in subs if (r := Record.load(record_path(out, s.student, s.assignment))) is None
-            or r.sha256 != s.sha256 or r.status != "graded"]
+    for sub in (s for s in subs if s.problem):   # refused: graded in no one's name, the instructor decides
+        Record(sub.student, sub.assignment, "", MANUAL, flags=[f"{MANUAL}: {sub.problem}"]).save(
+            record_path(out, sub.student, sub.assignment))
+        _write_feedback(out, sub, None)
+    todo = [s for s in subs if not s.problem and ((r := Record.load(record_path(out, s.student, s.assignment)))
+                                                  is None or r.sha256 != s.sha256 or r.status != "graded")]
     safe = _sandbox_problem() is None and not unsafe_no_sandbox
     if not safe and jobs > 1:
         print("without a sandbox submissions are graded one at a time (so a changed file names its student)",

@@ -134,6 +134,12 @@ def failure_verdict(job: Job, result: TaskResult, check: Check, limit: float, ba
         logs[key] = (logs.get(key, "") + "\n" + err["traceback"]).strip()
         return Verdict(passed=False, status="fail", message=message, hint=_explain_error(check, err), **base)
     done = [r for r, o in enumerate(row) if o is not None]
+    if result.timed_out and result.unread:
+        return Verdict(passed=False, status="timeout", stacks=stacks,
+                       message=f"time limit of {limit:.0f} s reached; rank(s) {', '.join(map(str, result.unread))} "
+                               f"did not take their inputs from the harness in time",
+                       hint="Each rank receives its own inputs from the course's connection, and the time runs from "
+                            "the first byte sent: do not block or bypass that connection from your code.", **base)
     if result.timed_out:
         stuck = [r for r in range(ws) if r not in done]
         places = [f"rank {r}: {_stuck_line(job.stacks().get(r, ''), job.module or '') or 'see its stack'}"

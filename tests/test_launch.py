@@ -1,6 +1,8 @@
 """Jobs and the harness on the cpu profile (gloo, 2 ranks): pass, raise, die, hang, flood, orphans, memory."""
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from autograder import run_check
@@ -113,3 +115,19 @@ def test_unbounded_memory_is_capped_with_a_clear_verdict():
     v = run_check("torchrun.env", module=control("harness", "eats_memory"))
     assert not v.passed and "allocate memory" in v.message  # torch's allocator refuses past the cap
     assert "memory limit" in v.hint
+
+
+def test_a_rank_that_does_not_take_its_inputs_is_a_time_out_within_the_limit(tmp_path):
+    """The harness sends without blocking and times from the first byte: rank 1, which stops reading its connection,
+    holds nothing up. Its inputs are larger than a socket buffer (a blocking send would wait forever)."""
+    import torch
+
+    from autograder.session import Job
+
+    (tmp_path / "stalls.py").write_text(control("harness", "stops_reading_its_inputs").read_text())
+    with Job(world_size=2, profile=_profile(), module="stalls.py", sources=tmp_path, label="t") as job:
+        assert job.ready(60) is None
+        inputs = [{"tensor": torch.full((2**21,), float(r))} for r in range(2)]   # 8 MB each
+        sent = time.monotonic()
+        result = job.run("torchrun.mean", inputs, time_limit=10)
+        assert time.monotonic() - sent < 15 and result.timed_out and result.unread == [1], result

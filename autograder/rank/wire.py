@@ -122,9 +122,14 @@ def _tensor(raw: bytes, dtype: str, shape: list[int]):
 
 # ------------------------------------------------------------------ framing
 
-def send(sock: socket.socket, value: Any) -> None:
+def frame(value: Any) -> bytes:
+    """One message as it goes over the wire: its length, then `value` encoded."""
     payload = encode(value)
-    sock.sendall(HEADER.pack(len(payload)) + payload)
+    return HEADER.pack(len(payload)) + payload
+
+
+def send(sock: socket.socket, value: Any) -> None:
+    sock.sendall(frame(value))
 
 
 def _exactly(sock: socket.socket, n: int) -> bytes:
