@@ -88,15 +88,23 @@ def _children() -> dict[int, list[int]]:
     return children
 
 
+def trees(pids: list[int]) -> dict[int, set[int]]:
+    """Each pid with its live descendants (one read of /proc for all of them)."""
+    children, out = _children(), {}
+    for pid in pids:
+        found, todo = set(), [pid]
+        while todo:
+            p = todo.pop()
+            if p not in found:
+                found.add(p)
+                todo += children.get(p, [])
+        out[pid] = found
+    return out
+
+
 def _tree(pid: int) -> set[int]:
     """pid and its live descendants."""
-    children, found, todo = _children(), set(), [pid]
-    while todo:
-        p = todo.pop()
-        if p not in found:
-            found.add(p)
-            todo += children.get(p, [])
-    return found
+    return trees([pid])[pid]
 
 
 def _alive(pid: int) -> bool:

@@ -35,6 +35,7 @@ from .rank import wire
 OUTPUT_LIMIT = 64 * 2**20     # bytes a rank may print (beyond: SIGXFSZ, reported as flooding)
 REPLY_LIMIT = 256 * 2**20     # bytes of one rank's reply
 MEMORY_POLL = 0.02            # seconds between /proc reads while a task runs with memory measured
+TREE_POLL = 0.2               # seconds between reads of which processes each rank started (a scan of /proc)
 
 
 @dataclass
@@ -126,6 +127,8 @@ class Job:
         self.proc: subprocess.Popen | None = None
         self.cgroups: list[Path] = []
         self.selector = selectors.DefaultSelector()
+        self._trees: dict[int, set[int]] = {}   # rank pid -> its process tree, for memory (_poll_memory)
+        self._tree_read = 0.0
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(str(self.folder.socket))
         os.chmod(self.folder.socket, 0o777)
@@ -238,8 +241,9 @@ class Job:
         if part != "import":   # the import counts from the launch
             started = time.monotonic()
         peaks, private = [0] * self.world_size, [0] * self.world_size
-        starts = [_memory(self.ranks[r].pid) if r in self.ranks else (0, 0) for r in range(self.world_size)] \
-            if measure_memory else []
+        self._tree_read = 0.0   # re-read which processes each rank has
+        starts = [self._rank_memory(self.ranks[r].pid) if r in self.ranks else (0, 0)
+                  for r in range(self.world_size)] if measure_memory else []
         for rank, message in sorted(zip(range(self.world_size), messages)):
             handle = self.ranks.get(rank)
             if handle is not None and not handle.closed:
@@ -266,9 +270,21 @@ class Job:
         used = gpumemory.read()
         return [used.get(self.ranks[r].pid, 0) if r in self.ranks else 0 for r in range(self.world_size)]
 
+    def _rank_memory(self, pid: int) -> tuple[int, int]:
+        """(VmRSS, RssAnon + RssShmem) summed over the rank's process tree (pages a fork shares count twice: a
+        learner who forks is measured high, never low)."""
+        now = time.monotonic()
+        if now - self._tree_read >= TREE_POLL:
+            self._trees = launch.trees([h.pid for h in self.ranks.values()])
+            self._tree_read = now
+        sizes = [_memory(p) for p in self._trees.get(pid, {pid})]
+        return sum(m[0] for m in sizes), sum(m[1] for m in sizes)
+
     def _poll_memory(self, peaks: list[int], private: list[int] | None = None, device: list[int] | None = None):
+        """A rank's memory is that of everything it started (its process tree, re-read every TREE_POLL s): work
+        moved into a forked child is counted where it belongs."""
         for rank, handle in self.ranks.items():
-            rss, held = _memory(handle.pid)
+            rss, held = self._rank_memory(handle.pid)
             peaks[rank] = max(peaks[rank], rss)
             if private is not None:
                 private[rank] = max(private[rank], held)

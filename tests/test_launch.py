@@ -131,3 +131,19 @@ def test_a_rank_that_does_not_take_its_inputs_is_a_time_out_within_the_limit(tmp
         sent = time.monotonic()
         result = job.run("torchrun.mean", inputs, time_limit=10)
         assert time.monotonic() - sent < 15 and result.timed_out and result.unread == [1], result
+
+
+def test_memory_of_a_rank_counts_what_it_started(tmp_path):
+    """A child that holds 300 MB while the rank's task runs is the rank's memory (its process tree is read)."""
+    import torch
+
+    from autograder.session import Job
+
+    (tmp_path / "child.py").write_text(control("harness", "trains_in_a_child").read_text())
+    with Job(world_size=2, profile=_profile(), module="child.py", sources=tmp_path, label="t") as job:
+        assert job.ready(60) is None
+        result = job.run("torchrun.mean", [{"tensor": torch.ones(2)} for _ in range(2)], time_limit=60,
+                         measure_memory=True)
+        assert result.complete, result
+        grew = [peak - start for peak, start in zip(result.peak_rss, result.start_rss)]
+        assert all(g > 250 * 2**20 for g in grew), grew
