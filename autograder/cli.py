@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from .config import ConfigError
@@ -182,7 +183,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _stop_like_ctrl_c(signum, _frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def main(argv: list[str] | None = None) -> int:
+    # `kill` and a closed terminal stop a command the way Ctrl-C does: its jobs are stopped and its temporary
+    # folders (the reference's sources among them) removed on the way out.
+    for stop in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(stop, _stop_like_ctrl_c)
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

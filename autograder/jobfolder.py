@@ -28,12 +28,19 @@ class JobFolder:
 
     @classmethod
     def create(cls, label: str, world_size: int, *, owner: int | None = None) -> "JobFolder":
-        """A fresh folder for `world_size` ranks; `owner` (a uid) may write the logs, stacks and scratch."""
+        """A fresh folder for `world_size` ranks; `owner` (a uid) may write the logs, stacks and scratch.
+
+        Private: other users cannot list it or read its sources (the reference solution's, for a measured check's
+        reference job). With an `owner` (the sandbox user, as root) the folder is traversable and src/ belongs to
+        it; without one (a user namespace of our own user) the folder is ours alone."""
         path = Path(tempfile.mkdtemp(prefix=f"course-{label}-"))
-        os.chmod(path, 0o755)
+        os.chmod(path, 0o700 if owner is None else 0o711)
         folder = cls(path)
         for sub in ("src", "logs", "stacks", "scratch"):
             (path / sub).mkdir()
+        if owner is not None:
+            os.chown(path / "src", owner, -1)
+            os.chmod(path / "src", 0o700)
         for rank in range(world_size):
             for f in (folder.log(rank), folder.stack(rank)):
                 f.touch()

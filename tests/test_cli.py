@@ -42,3 +42,28 @@ def test_unknown_exercise_is_exit_2_without_traceback():
 def test_missing_module_is_an_environment_error(tmp_path):
     proc = course("check", "torchrun.env", cwd=tmp_path)
     assert proc.returncode == 2 and "does not exist" in proc.stdout
+
+
+@pytest.mark.slow
+def test_a_killed_check_leaves_no_job_folder_behind(tmp_path):
+    """`kill` stops `course check` like Ctrl-C: the ranks are stopped and the job's folder is removed."""
+    import glob
+    import os
+    import signal
+    import time
+
+    before = set(glob.glob("/tmp/course-*"))
+    (tmp_path / "torchrun_basics.py").write_text("import time\ntime.sleep(600)\n\n\ndef dist_env():\n    return 0, 0, 1\n")
+    proc = subprocess.Popen([sys.executable, "-m", "autograder.cli", "check", "torchrun.env", "--module",
+                             str(tmp_path / "torchrun_basics.py")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (set(glob.glob("/tmp/course-torchrun.env-*")) - before):
+        time.sleep(0.2)
+    time.sleep(3)   # the ranks are up, importing the module
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and "interrupted" in err, err
+    left = set(glob.glob("/tmp/course-torchrun.env-*")) - before
+    assert not left, left
+    assert os.path.exists(tmp_path / "torchrun_basics.py")

@@ -150,3 +150,22 @@ def test_processes_are_limited(run):
             "except OSError as e:\n    print('forks refused after', n)")
     rc, out = run(code)
     assert "forks refused after" in out and int(out.split("after ")[1].split()[0]) < sandbox.PROCESSES, out
+
+
+def test_a_job_folder_is_private_to_the_grader_and_the_sandbox_user(tmp_path):
+    """The sources in a job folder (the reference solution's, for a measured check) are readable by the sandbox user
+    and the grader only; every other user can at most traverse the folder."""
+    import stat
+
+    from autograder.jobfolder import JobFolder
+    from autograder.sandbox import Sandbox
+
+    owner = Sandbox.owner() if os.geteuid() == 0 else None
+    folder = JobFolder.create("private", 2, owner=owner)
+    try:
+        assert stat.S_IMODE(folder.path.stat().st_mode) & 0o066 == 0   # others cannot list it
+        src = folder.src.stat()
+        assert stat.S_IMODE(src.st_mode) & 0o077 == 0 and src.st_uid == (owner if owner is not None else os.getuid())
+    finally:
+        folder.remove()
+    assert not folder.path.exists()
