@@ -265,6 +265,20 @@ class Job:
         result.start_device, result.peak_device = start_device, device
         return result
 
+    def loopback_bytes(self) -> int | None:
+        """Bytes sent so far over the loopback of the job's network namespace (every rank's, it is theirs alone:
+        the sandbox unshares the network), from /proc/<rank>/net/dev; None where it cannot be read."""
+        handle = next(iter(self.ranks.values()), None)
+        try:
+            with open(f"/proc/{handle.pid}/net/dev") as f:
+                for line in f:
+                    name, _, counters = line.partition(":")
+                    if name.strip() == "lo":
+                        return int(counters.split()[8])   # receive: 8 counters, then transmit bytes
+        except (AttributeError, OSError, ValueError, IndexError):
+            pass
+        return None
+
     def _device_memory(self) -> list[int]:
         """Bytes of GPU memory each rank's process uses now, from NVML (0 for a rank that holds none)."""
         used = gpumemory.read()

@@ -111,6 +111,20 @@ def test_reference_overlap_beats_naive(graded_assignment):
 
 
 @pytest.mark.timing
+def test_gradients_that_bypass_the_process_group_fail_on_the_bytes_sent():
+    """Right gradients averaged through files in the job's /tmp: the loopback bytes per step, read from outside,
+    are a fraction of the reference's. (It runs its own reference: a bytes ratio is judged within one run.)"""
+    _require_shaping()
+    v = run_check("scratch.bucketed", module=control("scratch", "bucketed_through_files"), world_size=2)
+    assert v.status == "fail", v.to_text()
+    assert "travelled some other way" in v.message and "dist.all_reduce on the process group" in v.hint, v.to_text()
+    sent = v.details["overlap"]["bytes_per_step"]
+    assert sent["yours"] < 0.5 * sent["reference"], sent
+
+
+# Each mistake runs its own reference rounds: the decision compares each of the learner's rounds with the reference's
+# round next to it (same machine state), so a calibration from another run (the graded 07's) is not reusable.
+@pytest.mark.timing
 @pytest.mark.parametrize("mistake, words", [
     ("bucketed_no_overlap", "started only after backward had finished"),
     ("bucketed_sync_hooks", "all-reduce synchronously"),

@@ -246,11 +246,16 @@ def _measure(m):
         records[side] = done.outcomes[0].result.get("record")
     order = list(sides)
     times = {side: [] for side in order}
+    sent = {side: [] for side in order}   # loopback bytes per step, read from outside (the job's own namespace)
     for rotation in measured.rotations(rounds, len(order)):
         for i in rotation:
             job, kind = sides[order[i]]
+            before = job.loopback_bytes()
             done = m.run(job, "scratch.overlap_steps", [{"kind": kind, "steps": steps}] * ws, group="harness")
+            after = job.loopback_bytes()
             times[order[i]].append(done.seconds / steps)
+            if before is not None and after is not None:
+                sent[order[i]].append((after - before) / steps)
     m.require_idle_learner()   # background work while the reference's sides ran would slow them
     t = m.trial.thresholds
     decision = decide(times, min_gain=float(t.get("min_gain", 0.1)), share=float(t.get("overlap_share", 0.5)))
@@ -264,6 +269,7 @@ def _measure(m):
         "note": f"{setting['network']}; timelines recorded inside rank 0 (an illustration); speed-ups timed by "
                 f"the harness", "times": {names[k]: [round(x, 4) for x in v] for k, v in times.items()},
         "ratios": decision["ratios"]}}
+    _require_gradient_bytes(sent, details)
     figures = (f"bucketed {1000 * ms['yours']:.0f} ms per step vs naive {1000 * ms['naive']:.0f} ms: {sp['yours']:.2f}x"
                + (f"; the reference {sp['reference']:.2f}x" if reference else "")
                + f", its buckets launched after backward {sp['no overlap']:.2f}x; pass line "
@@ -280,6 +286,23 @@ def _measure(m):
                            "Re-run the check when the machine is quieter (close other programs).", details)
     raise CheckFailed(f"BucketedDDP is correct, but its communication does not overlap the backward: {figures}",
                       _hint(records.get("yours"), _eurosat_sizes(setting), setting["cap_mb"]), details)
+
+
+def _require_gradient_bytes(sent: dict[str, list[float]], details: dict) -> None:
+    """The gradients must cross the measured channel: the learner's steps send at least half the loopback bytes
+    that the course's own buckets send (a ratio in one run; TCP headers and the MTU cancel). Ranks that trade
+    gradients through files or memory of their own would be timed on a link their data never used."""
+    if not sent.get("yours") or not sent.get("reference"):
+        return   # no reference (student pack) or counters not readable (NCCL moves GPU memory, not loopback bytes)
+    yours, reference = statistics.median(sent["yours"]), statistics.median(sent["reference"])
+    details["overlap"]["bytes_per_step"] = {"yours": round(yours), "reference": round(reference)}
+    if reference > 0 and yours < 0.5 * reference:
+        raise CheckFailed(
+            f"BucketedDDP gives the right gradients, but its steps sent {yours / 2**10:,.0f} KiB over the job's "
+            f"network where the course's all-reduces send {reference / 2**10:,.0f} KiB ({yours / reference:.0%}): "
+            "the gradients travelled some other way (files, shared memory), not through the process group",
+            "Average the gradients with dist.all_reduce on the process group, from the hooks: the exercise is "
+            "overlapping that communication with backward, and it is the communication that is timed.", details)
 
 
 def _eurosat_sizes(setting: dict) -> list[tuple[str, int]]:
