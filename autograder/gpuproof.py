@@ -184,15 +184,19 @@ def _which(name: str) -> bool:
 def _data(step: Step, out: Path) -> Outcome:
     target = out / ("data-real" if step.args["source"] == "auto" else "data")
     env = {**os.environ, "COURSE_DATA_DIR": str(target)}
-    done = subprocess.run([sys.executable, "-m", "autograder.cli", "data", "--source", step.args["source"]],
+    size = ["--images-per-class", str(step.args["images_per_class"])] if "images_per_class" in step.args else []
+    done = subprocess.run([sys.executable, "-m", "autograder.cli", "data", "--source", step.args["source"], *size],
                           capture_output=True, text=True, timeout=step.budget, env=env)
-    manifest = target / "manifest.json"
-    figures = json.loads(manifest.read_text()) if manifest.exists() else {}
+    from eurosat.data import MANIFEST
+
+    manifest = target / MANIFEST   # what `course data` writes last, once the dataset is complete
+    written = json.loads(manifest.read_text()) if manifest.exists() else {}
     real = step.args["source"] == "auto"
     status = "passed" if done.returncode == 0 else ("skipped" if real else "failed")
     message = (done.stdout + done.stderr).strip().splitlines()[-1:] or [""]
+    figures = {"dataset": written.get("name"), "source": written.get("source"), "images": written.get("n_images")}
     return Outcome(step.name, step.kind, step.profile, status, message=message[0][:300],
-                   figures={k: figures[k] for k in ("source", "images") if k in figures})
+                   figures={k: v for k, v in figures.items() if v is not None})
 
 
 def _checks(step: Step, out: Path) -> Outcome:
