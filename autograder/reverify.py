@@ -5,7 +5,7 @@ evidence. Before nbgrader runs the notebook, the grader extracts the %%writefile
 the submitted JSON (without executing anything), runs every check call of the source test
 cells (hidden ones included) on them, and keeps these trusted verdicts. The kernel's check()
 may reuse one (trusted.py) only while the files it sees are the files that were verified;
-the grade is the lower of the cell's score and the trusted one.
+the trusted score is the grade, and a cell that disagrees is flagged (gradejob.grade_one).
 """
 from __future__ import annotations
 

@@ -100,10 +100,6 @@ def _memory(pid: int) -> tuple[int, int]:
     return values.get("VmRSS", 0), values.get("RssAnon", 0) + values.get("RssShmem", 0)
 
 
-def _rss(pid: int) -> int:
-    return _memory(pid)[0]
-
-
 class Job:
     """Start with `start()`, run tasks with `run()`, always `close()` (or use `with`)."""
 
