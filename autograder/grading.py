@@ -252,9 +252,11 @@ def grade(submissions: str | Path, *, out: str | Path = "grading", assignments: 
         (out / sub).mkdir(parents=True, exist_ok=True)
     subs = collect(Path(submissions), chosen, out)
     for sub in (s for s in subs if s.problem):   # refused: graded in no one's name, the instructor decides
-        Record(sub.student, sub.assignment, "", MANUAL, flags=[f"{MANUAL}: {sub.problem}"]).save(
-            record_path(out, sub.student, sub.assignment))
-        _write_feedback(out, sub, None)
+        refused, path = Record(sub.student, sub.assignment, "", MANUAL, flags=[f"{MANUAL}: {sub.problem}"]), \
+            record_path(out, sub.student, sub.assignment)
+        if Record.load(path) != refused:   # a re-run changes nothing that is recorded
+            refused.save(path)
+            _write_feedback(out, sub, None)
     todo = [s for s in subs if not s.problem and ((r := Record.load(record_path(out, s.student, s.assignment)))
                                                   is None or r.sha256 != s.sha256 or r.status != "graded")]
     safe = _sandbox_problem() is None and not unsafe_no_sandbox
