@@ -103,6 +103,11 @@ def _memory(pid: int) -> tuple[int, int]:
 class Job:
     """Start with `start()`, run tasks with `run()`, always `close()` (or use `with`)."""
 
+    # Which processes each rank has (rank pid -> its process tree), re-read every TREE_POLL s (_rank_memory);
+    # replaced, never changed in place.
+    _trees: dict[int, set[int]] = {}
+    _tree_read = 0.0
+
     def __init__(self, *, world_size: int, profile: Profile, module: str | None, sources: Path | dict | None,
                  label: str = "check", local: bool = False, nnodes: int = 1, cpus: set[int] | None = None,
                  confine: sandbox.Sandbox | None = None, sandboxed: bool | None = None,
@@ -123,8 +128,6 @@ class Job:
         self.proc: subprocess.Popen | None = None
         self.cgroups: list[Path] = []
         self.selector = selectors.DefaultSelector()
-        self._trees: dict[int, set[int]] = {}   # rank pid -> its process tree, for memory (_poll_memory)
-        self._tree_read = 0.0
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(str(self.folder.socket))
         os.chmod(self.folder.socket, 0o777)
