@@ -82,7 +82,7 @@ class _Rank:
         self.conn, self.pid = conn, pid
         self.reader = wire.Reader(REPLY_LIMIT)
         self.inbox: list[Any] = []
-        self.outbox = b""            # what the harness still has to send this rank (its inputs)
+        self.outbox: bytes | memoryview = b""   # what the harness still has to send this rank (its inputs)
         self.closed = False
 
 
@@ -246,7 +246,7 @@ class Job:
         for rank, message in sorted(zip(range(self.world_size), messages)):
             handle = self.ranks.get(rank)
             if handle is not None and not handle.closed:
-                handle.outbox = wire.frame(message)
+                handle.outbox = memoryview(wire.frame(message))   # sliced as it goes out, never copied
                 self._write(handle)
         on_device = measure_memory and self.profile.backend == "nccl"
         device = self._device_memory() if on_device else []
