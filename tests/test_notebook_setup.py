@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from autograder.notebook import prediction_report, skip_launches_while_grading
+from autograder.notebook import prediction_report, shorten_launches, skip_launches_while_grading
 
 
 @pytest.mark.parametrize("line", [
@@ -49,3 +49,24 @@ def test_prediction_report_with_units_and_a_guess_that_is_not_a_number():
     assert prediction_report(24, 36, "18 + 18", unit=" elements").splitlines() == [
         "measured:   36 elements   = 18 + 18", "prediction: 24 elements   off by -12 elements (-33%)"]
     assert "not a number" in prediction_report("1/3", 1 / 3, "x")
+
+
+def test_the_smoke_configuration_shortens_training_launches_and_nothing_else():
+    lines = ["!torchrun --standalone --nproc-per-node {NPROC} ddp_train.py --limit 1000 --epochs 4 --batch-size 32\n",
+             "    !torchrun --nproc-per-node 2 fsdp_train.py --limit=100 --epochs=2\n",
+             "DATA = '--limit 1000 --epochs 4'\n", "!python train.py --epochs 9\n"]
+    assert shorten_launches(lines) == [
+        "!torchrun --standalone --nproc-per-node {NPROC} ddp_train.py --limit 256 --epochs 1 --batch-size 32\n",
+        "    !torchrun --nproc-per-node 2 fsdp_train.py --limit=100 --epochs=1\n", lines[2], lines[3]]
+
+
+def test_a_check_that_times_a_speed_up_says_how_to_run_untimed():
+    from autograder import checks
+    from autograder.checks import Check
+    from autograder.course import load_course
+
+    timed = [checks.get(e.id) for a in load_course().assignments for e in a.exercises
+             if checks.get(e.id).measures_speed]
+    assert timed and all(c.unmeasured for c in timed)
+    with pytest.raises(ValueError, match="untimed"):
+        Check(id="x.y", functions=("f",), measure=lambda m: None, measures_speed=True)
