@@ -56,15 +56,16 @@ browser:
 	    echo "tests/test_browser.py will be skipped."; \
 	  fi; }
 
-# Correctness tests run two at a time (tests that share a module's fixtures stay on one worker: xdist_group);
-# tests that time a speed-up run alone afterwards. Notebooks run in the smoke configuration (tests/test_notebooks_run.py).
+# Correctness tests run two at a time, a test file per worker (its module fixtures are made once; pytest-xdist's
+# xdist_group marks do not group with pytest 9); tests that time a speed-up run alone afterwards. Notebooks run in
+# the smoke configuration (tests/test_notebooks_run.py).
 test: setup browser
-	$(BIN)/python -m pytest -n 2 --dist loadgroup -m "not timing"
+	$(BIN)/python -m pytest -n 2 --dist loadfile -m "not timing"
 	$(BIN)/python -m pytest -p no:xdist -m timing || [ $$? -eq 5 ]  # 5: no timing tests selected
 
 # The same, with every notebook in its full configuration (what a student runs; the speed-timing ones alone).
 test-full: setup browser
-	COURSE_TEST_FULL=1 $(BIN)/python -m pytest -n 2 --dist loadgroup -m "not timing"
+	COURSE_TEST_FULL=1 $(BIN)/python -m pytest -n 2 --dist loadfile -m "not timing"
 	COURSE_TEST_FULL=1 $(BIN)/python -m pytest -p no:xdist -m timing || [ $$? -eq 5 ]
 
 # Prove the course on a GPU host (set-up included): every check with the solutions and typical mistakes, the measured

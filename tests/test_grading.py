@@ -43,7 +43,7 @@ import grading_course as gc
 from autograder.launch import processes_with_env
 from conftest import require_sandbox
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("grading-class")]   # its module fixtures are made once
+pytestmark = pytest.mark.slow
 
 SOLUTION = "\n".join(ln for ln in gc.SOLUTION_CELL.split("\n")[1:] if "### " not in ln)
 ENV_LINE = '    return int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])'

@@ -20,7 +20,7 @@ import pytest
 from autograder.course import load_course
 from conftest import solution, stub
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("student-pack")]   # its module fixtures are made once
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
