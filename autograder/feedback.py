@@ -91,6 +91,10 @@ def without_hidden_tests(notebook: dict, released: dict, points: dict[str, float
         if _text(cell.get("source", "")).strip() != source.strip():
             source += (f"\n# Hidden tests of the instructor also ran in this cell (not shown); the exercise's "
                        f"score, hidden tests included: {points.get(grade_id, 0):g}.")
+            for output in cell.get("outputs") or []:
+                if isinstance(output, dict) and output.get("output_type") == "error":
+                    # Its frames quote the cell's lines, hidden ones included: keep what the check said.
+                    output["traceback"] = [f"{output.get('ename', 'Error')}: {output.get('evalue', '')}"]
         cell["source"] = source
     return nb
 

@@ -52,11 +52,14 @@ def test_hidden_tests_are_not_shown_but_said_to_have_run():
     meta = {"nbgrader": {"grade": True, "grade_id": "torchrun_env", "locked": True}}
     released = _notebook({"cell_type": "code", "metadata": meta, "source": 'check("torchrun.env")\n',
                           "outputs": [], "execution_count": None})
-    graded = _notebook({"cell_type": "code", "metadata": meta, "outputs": [], "execution_count": 3,
+    failed = {"output_type": "error", "ename": "AssertionError", "evalue": "FAIL torchrun.env [3 ranks, cpu]: ...",
+              "traceback": ['----> 2 check("torchrun.env", world_size=3, seed=4)']}   # IPython quotes the line
+    graded = _notebook({"cell_type": "code", "metadata": meta, "outputs": [failed], "execution_count": 3,
                         "source": 'check("torchrun.env")\ncheck("torchrun.env", world_size=3, seed=4)\n'})
     shown = feedback.without_hidden_tests(graded, released, {"torchrun_env": 2.0})
     source = shown["cells"][0]["source"]
     assert "world_size=3" not in source and source.startswith('check("torchrun.env")')
+    assert "world_size=3" not in str(shown["cells"][0]["outputs"]) and "FAIL torchrun.env" in str(shown["cells"][0])
     assert "Hidden tests of the instructor also ran in this cell" in source and "included: 2" in source
     same = feedback.without_hidden_tests(released, released, {"torchrun_env": 2.0})
     assert "Hidden tests" not in same["cells"][0]["source"]   # nothing hidden ran: nothing to say
