@@ -2,8 +2,9 @@
 
 /proc does not show device memory. NVML, the library behind `nvidia-smi`, lists every process
 that holds a CUDA context on a GPU with the device memory it uses
-(nvmlDeviceGetComputeRunningProcesses). It is read here, in the harness's process, by the pids
-of the job's ranks: nothing a rank reports about itself. The figure includes the process's CUDA
+(nvmlDeviceGetComputeRunningProcesses). It is read here, in the harness's process, and summed over
+the pids of each rank's process tree (the rank and everything it started): nothing a rank reports
+about itself. The figure includes the process's CUDA
 context (a few hundred MiB, the same for every process): fsdp.train subtracts each rank's value
 before the measured run, after a warm-up that created the context.
 

@@ -107,9 +107,8 @@ def run_notebook(template: Path, notebook: Path, student: str, assignment: str, 
     out_path = scratch / "report.json"
     try:
         with open(out_path, "wb") as out:
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.DEVNULL, env=env,
-                                    cwd=work if not sandboxed else None, start_new_session=True,
-                                    preexec_fn=lambda: sandbox.join(groups))
+            proc = sandbox.popen(cmd, groups=groups, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.DEVNULL,
+                                 env=env, cwd=work if not sandboxed else None)
             try:
                 proc.wait(timeout=KERNEL_TIME_LIMIT)
             except subprocess.TimeoutExpired:

@@ -6,7 +6,8 @@ What a sandboxed job sees and may do:
   read-only; the rest of the package (checks, references), the course folder (source/,
   release/, grading output), HOME and every path the caller hides are empty folders;
 - its own job folder, read-only, except its rank logs and stacks, and a size-capped scratch
-  folder, /tmp and /dev/shm (tmpfs: a full disk is impossible);
+  folder, /tmp and /dev/shm (tmpfs: a full disk is impossible); each rank of a job has a /tmp of
+  its own, and with gloo a /dev/shm of its own (`own_tmp`);
 - loopback networking only (torchrun and gloo work; nothing leaves the machine);
 - as root: it runs as the unprivileged user `course-sandbox`; otherwise in a user
   namespace of the grader's own user (which sees only what is listed above);
@@ -166,6 +167,8 @@ class Sandbox:
         if chdir is not None:
             args += ["--chdir", str(chdir)]
         args.append("--clearenv")
+        if "--" in env.values():
+            raise ValueError("an environment value of '--' would end bwrap's options early (sandbox.popen splits there)")
         for key, value in env.items():
             args += ["--setenv", key, value]
         if root:
@@ -185,6 +188,22 @@ class Sandbox:
     def owner() -> int | None:
         """The uid that must be able to write a sandbox's files (the sandbox user, as root)."""
         return pwd.getpwnam(USER).pw_uid if os.geteuid() == 0 else None
+
+
+def own_tmp(command: list[str], *, keep: list[Path], shm: bool) -> list[str]:
+    """`command` (one rank of a job, started inside the job's sandbox) with a /tmp, and with shm=True a /dev/shm,
+    of its own: ranks then exchange data only through their process group and the job's scratch folder (shared,
+    as nodes share a file system). A nested bubblewrap in a user namespace of the sandbox's user, everything else
+    bound unchanged (same PIDs, network, files and devices, each mount's read-only flag); `keep`: folders under /tmp (the job
+    folder) bound again over the new one. NCCL needs shm=False: its transport between the ranks of a node runs
+    through one /dev/shm."""
+    args = [shutil.which("bwrap") or "bwrap", "--unshare-user", "--dev-bind", "/", "/",
+            "--perms", "1777", "--size", str(TMP_BYTES), "--tmpfs", "/tmp"]
+    for folder in keep:
+        args += ["--bind", str(folder), str(folder)]
+    if shm:
+        args += ["--perms", "1777", "--size", str(SHM_BYTES), "--tmpfs", "/dev/shm"]
+    return args + ["--"] + command
 
 
 def _sbin(tool: str) -> str:
@@ -266,6 +285,37 @@ def kill_and_remove(groups: list[Path]) -> None:
             group.rmdir()
         except OSError:
             pass
+
+
+def popen(cmd: list[str], *, groups: list[Path] = (), cpus: set[int] | None = None, file_limit: int | None = None,
+          **kwargs) -> subprocess.Popen:
+    """Start `cmd` (a Sandbox.command, or a plain command when unsandboxed) in a session of its own, inside
+    `groups` (cgroups, entered before exec, so every later fork is counted), on `cpus`, with at most `file_limit`
+    bytes per written file. bwrap's options (the hidden and shown host paths) reach it through a memory file
+    (`--args FD`), not its argv: bwrap is the sandbox's PID 1, and /proc/1/cmdline is readable inside; what stays
+    in argv is the inner command, whose paths the sandbox shows anyway."""
+    groups, pass_fds, args_fd = list(groups), list(kwargs.pop("pass_fds", ())), None
+    if Path(cmd[0]).name == "bwrap" and "--" in cmd:
+        split = cmd.index("--")
+        args_fd = os.memfd_create("bwrap-args")
+        os.write(args_fd, b"".join(a.encode() + b"\0" for a in cmd[1:split]))
+        os.lseek(args_fd, 0, os.SEEK_SET)
+        cmd, pass_fds = [cmd[0], "--args", str(args_fd), *cmd[split:]], pass_fds + [args_fd]
+
+    def in_child():
+        join(groups)
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+        if file_limit is not None:
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_FSIZE, (file_limit, file_limit))
+
+    try:
+        return subprocess.Popen(cmd, start_new_session=True, preexec_fn=in_child, pass_fds=pass_fds, **kwargs)
+    finally:
+        if args_fd is not None:
+            os.close(args_fd)
 
 
 def describe(cmd: list[str]) -> str:

@@ -161,6 +161,8 @@ class Job:
         package_parent = str(Path(__file__).resolve().parents[1])
         driver = [sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {package_parent!r}); "
                   "from autograder.rank.__main__ import main; main(sys.argv[1])", str(self.folder.path)]
+        if self.sandboxed:
+            driver = sandbox.own_tmp(driver, keep=[self.folder.path], shm=self.profile.backend != "nccl")
         if self.local:
             return driver
         port = 29400 if self.sandboxed else launch.free_port()
@@ -182,21 +184,11 @@ class Job:
                                                    for f in (folder.log(r), folder.stack(r))]) \
             if self.sandboxed else inner
         self.cgroups = sandbox.cgroups() if self.sandboxed else []
-        cpus, group = self.cpus, self.cgroups
-
-        def in_child():
-            sandbox.join(group)
-            if cpus:
-                os.sched_setaffinity(0, cpus)
-            import resource
-
-            resource.setrlimit(resource.RLIMIT_FSIZE, (OUTPUT_LIMIT, OUTPUT_LIMIT))
-
         self.started_at = time.monotonic()
         with open(self.folder.agent_log, "wb") as log:
-            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                         env=env, cwd=self.folder.scratch, start_new_session=True,
-                                         preexec_fn=in_child)
+            self.proc = sandbox.popen(cmd, groups=self.cgroups, cpus=self.cpus, file_limit=OUTPUT_LIMIT,
+                                      stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                      cwd=self.folder.scratch)
 
     def ready(self, time_limit: float) -> TaskResult | None:
         """Wait for every rank's hello, then import the learner's module everywhere; a TaskResult if that failed.
@@ -279,9 +271,11 @@ class Job:
         return None
 
     def _device_memory(self) -> list[int]:
-        """Bytes of GPU memory each rank's process uses now, from NVML (0 for a rank that holds none)."""
+        """Bytes of GPU memory each rank's process tree uses now, from NVML (0 for a rank that holds none); the
+        trees are those _rank_memory read last."""
         used = gpumemory.read()
-        return [used.get(self.ranks[r].pid, 0) if r in self.ranks else 0 for r in range(self.world_size)]
+        return [sum(used.get(p, 0) for p in self._trees.get(self.ranks[r].pid, {self.ranks[r].pid}))
+                if r in self.ranks else 0 for r in range(self.world_size)]
 
     def _rank_memory(self, pid: int) -> tuple[int, int]:
         """(VmRSS, RssAnon + RssShmem) summed over the rank's process tree (pages a fork shares count twice: a

@@ -256,6 +256,17 @@ def test_the_job_polls_each_ranks_gpu_memory_by_the_pid_the_kernel_reported(monk
     assert device == [50, 20, 0]   # the most seen per rank
 
 
+def test_a_ranks_gpu_memory_counts_the_processes_it_started(monkeypatch):
+    """A rank that trains in a child process: the child's device memory is the rank's (its process tree)."""
+    from autograder import gpumemory, session
+
+    job = session.Job.__new__(session.Job)
+    job.world_size, job.ranks = 2, {0: session._Rank(None, 101), 1: session._Rank(None, 102)}
+    job._trees = {101: {101, 201}, 102: {102}}   # rank 0's driver started pid 201
+    monkeypatch.setattr(gpumemory, "read", lambda: {101: 10, 201: 300, 102: 20})
+    assert job._device_memory() == [310, 20]
+
+
 def test_nvml_process_lists_are_read_with_a_second_call_when_the_first_is_too_small():
     """gpumemory._processes against a stand-in for libnvidia-ml's calling convention (no driver here)."""
     from autograder import gpumemory

@@ -89,7 +89,7 @@ def _with_link_out(cells):
 
 # What a student who reads /proc and the package would try, from anywhere its code runs.
 LOOT = f'''
-import glob, os, re, shutil
+import glob, itertools, os, re, shutil
 found = set()
 for pid in [p for p in os.listdir("/proc") if p.isdigit()]:
     try:
@@ -99,7 +99,7 @@ for pid in [p for p in os.listdir("/proc") if p.isdigit()]:
 loot = []
 folders = {{os.path.dirname(p) for p in found}} | {{"/tmp", "/work", "/root", "/home", os.path.expanduser("~")}}
 for folder in sorted(folders - {{"/", "/proc", "/sys", "/dev", "/usr", "/usr/bin", "/bin"}}):   # not the system
-    names = [os.path.join(d, n) for d, _, ns in os.walk(folder) for n in ns][:5000]
+    names = list(itertools.islice((os.path.join(d, n) for d, _, ns in os.walk(folder) for n in ns), 5000))
     for f in names:
         if f.endswith((".ipynb", ".json", ".csv", ".html")) and os.path.isfile(f):
             try:

@@ -133,6 +133,23 @@ def test_a_rank_that_does_not_take_its_inputs_is_a_time_out_within_the_limit(tmp
         assert time.monotonic() - sent < 15 and result.timed_out and result.unread == [1], result
 
 
+def test_ranks_share_their_scratch_folder_but_not_tmp_or_shm(tmp_path):
+    """Each rank's /tmp and /dev/shm are its own (gloo); the scratch folder is shared, as a cluster's file system."""
+    import torch
+
+    from autograder.session import Job
+    from conftest import require_sandbox
+
+    require_sandbox()
+    (tmp_path / "looks.py").write_text(control("harness", "looks_for_other_ranks_files").read_text())
+    with Job(world_size=2, profile=_profile(), module="looks.py", sources=tmp_path, label="t", sandboxed=True) as job:
+        assert job.ready(60) is None
+        result = job.run("torchrun.mean", [{"tensor": torch.ones(2)} for _ in range(2)], time_limit=60)
+        assert result.complete, result
+        seen = [o.result["result"].tolist() for o in result.outcomes]
+        assert seen == [[0.0, 0.0, 1.0]] * 2, f"other ranks' files seen in /tmp, /dev/shm, scratch: {seen}"
+
+
 def test_memory_of_a_rank_counts_what_it_started(tmp_path):
     """A child that holds 300 MB while the rank's task runs is the rank's memory (its process tree is read)."""
     import torch

@@ -36,12 +36,14 @@ def run(tmp_path):
                                                     scratch_bytes=scratch_bytes, chdir=job.scratch,
                                                     writable_files=[job.log(0)])
         groups = sandbox.cgroups()
+        proc = sandbox.popen(cmd, groups=groups, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                                  preexec_fn=lambda: sandbox.join(groups))
+            out, _ = proc.communicate(timeout=timeout)
         finally:
+            proc.kill()
+            proc.wait()
             sandbox.kill_and_remove(groups)
-        return done.returncode, done.stdout + done.stderr
+        return proc.returncode, out
 
     yield _run
     for job in folders:
@@ -54,6 +56,17 @@ def test_the_course_home_and_other_folders_are_hidden(run):
     rc, out = run(code)
     assert rc == 0, out
     assert "False" in out and "'source'" not in out and "'release'" not in out
+
+
+def test_the_sandbox_init_names_no_hidden_host_path(run, tmp_path):
+    """PID 1 inside is bubblewrap itself; its command line is readable there. Its options (which host folders are
+    hidden, which files are shown) reach it through a memory file: no hidden folder is named in it."""
+    hidden = tmp_path / "submissions-of-the-class"
+    hidden.mkdir()
+    rc, out = run("print(open('/proc/1/cmdline').read().replace(chr(0), ' '))",
+                  confine=sandbox.Sandbox(hide=(hidden,)))
+    assert rc == 0 and "bwrap --args " in out, out
+    assert str(hidden) not in out and str(course_root() / "source") not in out and "--tmpfs" not in out, out
 
 
 def test_the_rank_side_is_importable_and_the_checks_are_not(run):

@@ -134,7 +134,9 @@ def memory_added(result, baseline, backend: str) -> list[int] | None:
 
 
 def _source(backend: str) -> str:
-    return "NVML, the GPU driver" if backend == "nccl" else "/proc"
+    """Where the memory figures come from: every process each rank started counts (session.Job._poll_memory)."""
+    return ("NVML, the GPU driver, summed over each rank's processes" if backend == "nccl" else
+            "/proc, summed over each rank's process tree")
 
 
 def pass_line(two_ranks: float, ws: int) -> float:
