@@ -7,7 +7,6 @@ the same module share one job when a VerdictCache is given (notebooks, grading).
 """
 from __future__ import annotations
 
-import ast
 import hashlib
 import json
 import re
@@ -18,6 +17,7 @@ from typing import Any
 from . import checks, config, machine, policy, public
 from .checks import Check, Run, Trial
 from .course import load_course
+from .preflight import preflight
 from .session import Job, TaskResult
 from .verdict import CheckFailed, Verdict
 
@@ -27,39 +27,6 @@ ROOT_CAUSE = re.compile(r"Root Cause.*?rank\s*:\s*(?P<rank>\d+).*?exitcode\s*:\s
 PEER_FAILURE = re.compile(r"Connection closed by peer|Connection reset|Broken pipe|NCCL communicator was aborted"
                           r"|Socket Timeout|timed out|recvBytes|Read error", re.I)
 SHARED_PARAMS = ("seed",)   # scenario parameters every exercise understands
-
-
-# ------------------------------------------------------------------ preflight
-
-def _is_stub(fn: ast.FunctionDef) -> bool:
-    body = [s for s in fn.body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
-    return (len(body) == 1 and isinstance(body[0], ast.Raise) and body[0].exc is not None
-            and "NotImplementedError" in ast.unparse(body[0].exc))
-
-
-def preflight(path: Path, functions: tuple[str, ...]) -> tuple[str, str, str] | None:
-    """Read the learner's file without running it: (status, message, hint) when it cannot pass yet."""
-    if not path.is_file():
-        return ("error", f"{path.name} does not exist yet in {path.parent}",
-                "Run the %%writefile cell that creates it (or pass --module with its path).")
-    try:
-        tree = ast.parse(path.read_text(), filename=path.name)
-    except SyntaxError as exc:
-        return ("fail", f"{path.name} has a syntax error on line {exc.lineno}: {exc.msg}",
-                "Fix the line shown, run the %%writefile cell again, then re-check.")
-    defined = {n.name: n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
-    for name in functions:
-        if name not in defined:
-            return ("fail", f"{path.name} does not define {name}",
-                    f"Keep the name {name} from the exercise cell; the checks call it by name.")
-    stubs = [name for name in functions if isinstance(defined[name], ast.FunctionDef) and _is_stub(defined[name])]
-    stubs += [f"{name}.{m.name}" for name in functions if isinstance(defined[name], ast.ClassDef)
-              for m in defined[name].body if isinstance(m, ast.FunctionDef) and _is_stub(m)]
-    if stubs:
-        verb = "raises" if len(stubs) == 1 else "raise"
-        return ("not-implemented", f"{', '.join(n + '()' for n in stubs)} still {verb} NotImplementedError",
-                "Replace '# YOUR CODE HERE' and the raise line with your code, run the cell, then re-check.")
-    return None
 
 
 # ------------------------------------------------------------------ failures every check shares
@@ -255,7 +222,7 @@ def run_check(exercise_id: str, *, module: str | Path | None = None, world_size:
     base = dict(exercise=exercise_id, profile=prof.name, world_size=0 if check.local else ws,
                 max_points=exercise.points, hidden=hidden)
 
-    problem = preflight(path, check.functions)
+    problem = preflight(path, check.functions, check.by_hand)
     if problem:
         status, message, hint = problem
         return Verdict(passed=False, status=status, message=message, hint=hint, **base)
@@ -302,7 +269,7 @@ def _companions(course, exercise, check: Check, path: Path, settings: tuple, cac
     for e in course.assignment(exercise.assignment).exercises:
         c = checks.get(e.id)
         if (e.id == exercise.id or e.module != exercise.module or c.measure is not None or c.local != check.local
-                or preflight(path, c.functions)):
+                or preflight(path, c.functions, c.by_hand)):
             continue
         if c.group != "harness" and check.group == "harness":
             continue  # it must run before any process group exists

@@ -54,11 +54,51 @@ def test_blank_stub_is_not_implemented(exercise):
     assert "YOUR CODE HERE" in v.hint
 
 
+# ------------------------------------------------------------------ built by hand, not delegated
+
+@pytest.mark.parametrize("exercise, control_name, api", [
+    ("scratch.bucketed", "bucketed_wraps_ddp", "DistributedDataParallel"),
+    ("scratch.zero1", "zero1_wraps_zero_redundancy", "ZeroRedundancyOptimizer"),
+    ("scratch.gpipe", "gpipe_uses_pipelining", "torch.distributed.pipelining"),
+])
+def test_handing_the_mechanism_to_the_library_fails_before_anything_runs(exercise, control_name, api):
+    """The learner's file is read on the trusted side (autograder/preflight.py): what the exercise's code reaches
+    through its imports, helpers included, may not be the library's implementation of the same mechanism."""
+    v = run_check(exercise, module=control("scratch", control_name))
+    assert v.status == "fail" and f"hands the work to {api}" in v.message, v.to_text()
+    assert "by hand" in v.message and "dist.all_reduce" in v.hint, v.to_text()
+
+
+def test_the_by_hand_read_follows_imports_helpers_and_import_time_code_but_not_other_functions():
+    import ast
+
+    from autograder.preflight import delegation
+
+    def found(source: str, functions=("f",)):
+        hit = delegation(ast.parse(source), functions)
+        return hit and hit[1]
+
+    ddp = "from torch.nn.parallel import DistributedDataParallel as DDP\n"
+    assert found(ddp + "def f(m):\n    return DDP(m)\n") == "DistributedDataParallel"
+    assert found("import torch\ndef f(m):\n    return torch.nn.parallel.DistributedDataParallel(m)\n")
+    assert found(ddp + "def helper(m):\n    return DDP(m)\ndef f(m):\n    return helper(m)\n")   # via a helper
+    assert found(ddp + "class f(DDP):\n    pass\n")                                             # a subclass
+    assert found(ddp + "WRAP = DDP\ndef f(m):\n    return m\n")                                 # runs at import
+    assert found("def f(m):\n    from torch.distributed import fsdp\n    return fsdp.fully_shard(m)\n")
+    # Not delegation: the library in another function of the file, a local name that merely looks alike, the
+    # collectives themselves
+    assert not found(ddp + "def compare(m):\n    return DDP(m)\ndef f(m):\n    return m\n")
+    assert not found("def f(pipelining):\n    return pipelining.step()\n")
+    assert not found("import torch.distributed as dist\ndef f(t):\n    dist.all_reduce(t)\n")
+    assert not found(ddp + "if __name__ == '__main__':\n    DDP(None)\ndef f(m):\n    return m\n")
+
+
 # ------------------------------------------------------------------ mistakes (correctness)
 
 @pytest.mark.slow
 @pytest.mark.parametrize("exercise, mistake, overrides, words", [
     ("scratch.naive", "naive_summed", {}, "summed, not averaged"),
+    ("scratch.naive", "naive_unused_crashes", {}, "Skip parameters whose .grad is None"),
     ("scratch.bucketed", "bucketed_no_broadcast", {}, "dist.broadcast with src=0"),
     ("scratch.bucketed", "bucketed_buffers_not_broadcast", {}, "Broadcast the module's buffers too"),
     ("scratch.bucketed", "bucketed_early_launch", {}, "only when the last of its gradients is ready"),

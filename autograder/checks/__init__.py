@@ -90,6 +90,7 @@ class Check:
     measure: Callable[[Any], Any] | None = None        # speed/memory: runs its own jobs (checks/measured.py)
     measures_speed: bool = False                       # needs the machine alone (no shared launch)
     unmeasured: dict[str, Any] = field(default_factory=dict)   # overrides for correctness only (smoke configuration)
+    by_hand: bool = False     # the notebook asks for the mechanism built by hand: delegating to the library fails
 
     def __post_init__(self):
         if self.group not in GROUPS:

@@ -23,7 +23,8 @@ def scenarios(trial, kind: str) -> list[dict]:
     rng, ws, steps = trial.rng, trial.world_size, int(trial.params["steps"])
     lr = round(rng.uniform(0.05, 0.2), 3)
     if kind == "naive":
-        plans = [("an MLP with uneven layers and a buffer", dict(buffer=True), None)]
+        plans = [("an MLP with uneven layers, a buffer and a layer the loss never uses",
+                  dict(buffer=True, unused=True), None)]
     else:
         plans = [("bucket_cap_mb smaller than every parameter (one bucket per parameter)", dict(buffer=True), "tiny"),
                  ("bucket_cap_mb larger than the whole model (one bucket)", dict(buffer=True), "huge"),

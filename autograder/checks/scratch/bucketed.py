@@ -325,4 +325,4 @@ def _explain(error: dict) -> str | None:
 
 CHECK = Check(id="scratch.bucketed", functions=("BucketedDDP",), inputs=_inputs, expected=_dp.expected, judge=_judge,
               measure=_measure, measures_speed=True, explain=_explain, defaults={"steps": 3},
-              unmeasured={"speed": False})
+              unmeasured={"speed": False}, by_hand=True)

@@ -186,4 +186,4 @@ def _explain(error: dict) -> str | None:
 
 
 CHECK = Check(id="scratch.zero1", functions=("ShardedOptimizer",), inputs=_inputs, expected=_expected, judge=_judge,
-              explain=_explain, defaults={"steps": 3})
+              explain=_explain, defaults={"steps": 3}, by_hand=True)
