@@ -67,14 +67,6 @@ class Exercise:
         """nbgrader grade id of the exercise's test cell (dots are awkward in HTML ids)."""
         return self.id.replace(".", "_")
 
-    def threshold(self, profile: str, name: str) -> float:
-        try:
-            return float(self.thresholds[profile][name])
-        except KeyError:
-            raise ConfigError(
-                f"course.yaml: exercise {self.id!r} has no threshold {name!r} for profile {profile!r}"
-            ) from None
-
 
 @dataclass(frozen=True)
 class Assignment:

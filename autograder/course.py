@@ -16,7 +16,13 @@ def missing_checks(course: config.Course, assignments: list[str] | None = None) 
 
 
 def require_checks(course: config.Course, assignments: list[str] | None = None) -> None:
+    """Every exercise has a check, and its thresholds in course.yaml fit that check, under every profile."""
     missing = missing_checks(course, assignments)
     if missing:
         raise config.ConfigError(f"{course.path}: exercise {missing[0]!r} has no check in "
                                  f"autograder/checks/{missing[0].replace('.', '/')}.py")
+    for a in course.assignments:
+        if assignments is None or a.id in assignments:
+            for e in a.exercises:
+                for profile in course.profiles:
+                    checks.thresholds_for(checks.get(e.id), e, profile)

@@ -293,7 +293,8 @@ def prepare(plan: Plan, call: Call) -> tuple[Trial, list, Any]:
                                    f"{'; '.join(shipped) or 'no variant'} (other variants are checked when your "
                                    f"notebook is graded)")
         trial = Trial(exercise=call.exercise.id, params=call.params, world_size=plan.world_size,
-                      profile=plan.profile.name, thresholds=dict(call.exercise.thresholds.get(plan.profile.name, {})),
+                      profile=plan.profile.name, thresholds=checks.thresholds_for(call.check, call.exercise,
+                                                                                  plan.profile.name),
                       secret=entry["secret"], nnodes=plan.nnodes)
         return trial, entry["inputs"], entry["expected"]
     trial = trial_for(plan, call)
@@ -303,8 +304,8 @@ def prepare(plan: Plan, call: Call) -> tuple[Trial, list, Any]:
 
 def trial_for(plan: Plan, call: Call) -> Trial:
     return Trial.fresh(exercise=call.exercise.id, params=call.params, world_size=plan.world_size,
-                       profile=plan.profile.name, thresholds=dict(call.exercise.thresholds.get(plan.profile.name, {})),
-                       nnodes=plan.nnodes)
+                       profile=plan.profile.name,
+                       thresholds=checks.thresholds_for(call.check, call.exercise, plan.profile.name), nnodes=plan.nnodes)
 
 
 def _run(plan: Plan) -> list[Verdict | None]:

@@ -47,6 +47,14 @@ from .session import Job, TaskResult
 from .verdict import CheckFailed, Inconclusive, Verdict
 
 
+@dataclass(frozen=True)
+class SpeedThresholds:
+    """course.yaml thresholds of a speed check judged with `calibrated` (ddp.train, pipeline.train)."""
+    floor_efficiency: float   # the floor: this share of the ideal speed-up
+    reference_share: float    # the line: at least this share of the reference's own speed-up in the same run
+    pace_share: float         # below the line yet this share of the reference's pace: inconclusive, not a fail
+
+
 class JobFailed(Exception):
     """The learner's job did not complete a task: the harness turns it into the usual failure verdict."""
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import re
 import subprocess
 import sys
 
@@ -95,3 +96,38 @@ def test_cli_reports_config_mistakes_in_one_line_with_exit_2(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "course.yaml" in proc.stderr and "time_limit" in proc.stderr
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda t: t["cpu"].pop("pace_share"), "thresholds.cpu: pace_share is missing"),
+    (lambda t: t["cpu"].update(pace_shar=0.8), "thresholds.cpu.pace_shar: not a threshold of ddp.train"),
+])
+def test_thresholds_are_typed_per_check_and_a_wrong_key_is_named(edit, words):
+    """Each check declares its thresholds (a dataclass); course.yaml must give each field, and no other key, under
+    every profile: `course release` and the student pack refuse otherwise (course.require_checks)."""
+    import dataclasses
+
+    from autograder import checks
+    from autograder.config import load
+    from autograder.course import require_checks
+
+    course = load()
+    require_checks(course)   # the course as shipped fits its checks
+    exercise = course.exercise("ddp.train")
+    thresholds = {p: dict(v) for p, v in exercise.thresholds.items()}
+    edit(thresholds)
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        checks.thresholds_for(checks.get("ddp.train"), dataclasses.replace(exercise, thresholds=thresholds), "cpu")
+
+
+def test_no_check_keeps_a_default_of_its_own_for_a_threshold():
+    """A check reads its pass lines only from the typed object (no `.get(name, default)` that could disagree with
+    course.yaml, as bucketed's min_gain once did: 0.1 in the check, 0.06 in course.yaml)."""
+    from autograder.config import REPO_ROOT
+
+    checks = REPO_ROOT / "autograder" / "checks"
+    for path in sorted(checks.rglob("*.py")):
+        if path == checks / "__init__.py":   # thresholds_for: the one place that reads course.yaml's mapping
+            continue
+        text = path.read_text()
+        assert "thresholds.get(" not in text and "thresholds[" not in text, path

@@ -15,6 +15,7 @@ Checks that measure speed or memory orchestrate several jobs themselves (`measur
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import pkgutil
 import random
@@ -22,6 +23,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ..config import ConfigError
 from ..verdict import CheckFailed, Inconclusive, expect
 
 GROUPS = ("harness", "learner", "none")   # who creates the process group before the rank part runs
@@ -34,7 +36,7 @@ class Trial:
     params: dict[str, Any]
     world_size: int
     profile: str
-    thresholds: dict[str, float]
+    thresholds: Any            # the check's typed thresholds for this profile (thresholds_for), or None
     secret: bytes
     nnodes: int = 1
 
@@ -65,7 +67,7 @@ class Run:
     world_size: int
     params: dict[str, Any]
     ranks: tuple             # session.RankOutcome per rank (untrusted results)
-    thresholds: dict[str, float]
+    thresholds: Any
     profile: str
     inputs: list = field(default_factory=list)
     expected: Any = None
@@ -91,6 +93,7 @@ class Check:
     measures_speed: bool = False                       # needs the machine alone (no shared launch)
     unmeasured: dict[str, Any] = field(default_factory=dict)   # overrides for correctness only (smoke configuration)
     by_hand: bool = False     # the notebook asks for the mechanism built by hand: delegating to the library fails
+    thresholds: type | None = None   # a frozen dataclass of its pass lines, filled from course.yaml per profile
 
     def __post_init__(self):
         if self.group not in GROUPS:
@@ -103,6 +106,26 @@ class Check:
     @property
     def rank_part(self) -> str:
         return self.part or self.id
+
+
+def thresholds_for(check: Check, exercise, profile: str):
+    """The exercise's thresholds under `profile` (course.yaml), as the check's typed object; None for a check that
+    has none. Every field without a default must be given, and no other key: a ConfigError names the key."""
+    given = dict(exercise.thresholds.get(profile, {}))
+    where = f"course.yaml: exercise {exercise.id!r}, thresholds.{profile}"
+    if check.thresholds is None:
+        if given:
+            raise ConfigError(f"{where}: {check.id} reads no thresholds, yet {', '.join(sorted(given))} given")
+        return None
+    fields = {f.name: f for f in dataclasses.fields(check.thresholds)}
+    unknown = sorted(set(given) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}.{unknown[0]}: not a threshold of {check.id} (it has: {', '.join(fields)})")
+    missing = [n for n, f in fields.items() if n not in given
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"{where}: {missing[0]} is missing (a number: see the comments in course.yaml)")
+    return check.thresholds(**{k: float(v) for k, v in given.items()})
 
 
 def _module_name(exercise_id: str) -> str:
@@ -137,4 +160,4 @@ def implemented() -> set[str]:
     return found
 
 
-__all__ = ["Check", "CheckFailed", "Inconclusive", "Run", "Trial", "expect", "get", "implemented"]
+__all__ = ["Check", "CheckFailed", "Inconclusive", "Run", "Trial", "expect", "get", "implemented", "thresholds_for"]

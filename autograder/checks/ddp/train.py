@@ -189,8 +189,8 @@ def ideal_speedup(ws: int, profile: str, cpus: set[int] | None) -> float:
     return float(min(ws, cores) if profile == "cpu" else ws)
 
 
-def speed_figure(times: dict, rounds: int, ws: int, *, ideal: float, thresholds: dict, self_baseline: bool,
-                 label: str) -> dict | None:
+def speed_figure(times: dict, rounds: int, ws: int, *, ideal: float, thresholds: measured.SpeedThresholds,
+                 self_baseline: bool, label: str) -> dict | None:
     """details["speedup"] from the complete rounds in `times` ((job, ranks, round) -> seconds), or None.
 
     The baseline is the reference's 1-rank runs (the learner's own only in the student pack)."""
@@ -201,16 +201,15 @@ def speed_figure(times: dict, rounds: int, ws: int, *, ideal: float, thresholds:
     learner = [times["learner", ws, i] for i in done]
     if self_baseline:
         figure = measured.self_baseline([times["learner", 1, i] for i in done], learner, ideal=ideal,
-                                        floor_efficiency=thresholds["floor_efficiency"])
+                                        floor_efficiency=thresholds.floor_efficiency)
     else:
         reference = [times["reference", ws, i] for i in done]
         # pace: the learner's N-rank runs against the reference's of the same rounds. A fail that comes from a
         # drifting 1-rank baseline, while the learner kept the reference's pace, is undecided (a script that
         # serialises its ranks or repeats the work keeps ~55% of it).
         figure = measured.calibrated([times["reference", 1, i] for i in done], reference, learner, ideal=ideal,
-                                     floor_efficiency=thresholds["floor_efficiency"],
-                                     reference_share=thresholds["reference_share"],
-                                     pace_share=thresholds["pace_share"])
+                                     floor_efficiency=thresholds.floor_efficiency,
+                                     reference_share=thresholds.reference_share, pace_share=thresholds.pace_share)
     return {**figure, "label": label}
 
 
@@ -285,5 +284,6 @@ def _measure(m) -> tuple[str, dict]:
 
 
 CHECK = Check(id="ddp.train", functions=("main", "parse_args", "load_data"), measure=_measure, measures_speed=True,
+              thresholds=measured.SpeedThresholds,
               unmeasured={"repeats": 0}, explain=explain, defaults={"images": 256, "epochs": 1, "batch_size": 32, "repeats": 3,
                                           "max_repeats": 7, "warmup_images": 32})

@@ -53,6 +53,8 @@ and weights of training on data it never saw.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ... import measured
 from ...verdict import CheckFailed, Inconclusive
 from .. import Check
@@ -115,6 +117,11 @@ def _inputs(data: dict, p: dict, ws: int, tag: str) -> list:
     if p["reshard_after_forward"] is not None:
         argv.append("--reshard-after-forward" if p["reshard_after_forward"] else "--no-reshard-after-forward")
     return [{**data, "argv": argv, "tag": tag, "port": free_port()}] * ws
+
+
+@dataclass(frozen=True)
+class MemoryThresholds:
+    max_memory_ratio: float   # FSDP / DDP memory added per rank at 2 ranks (the line for N ranks: pass_line)
 
 
 def memory_added(result, baseline, backend: str) -> list[int] | None:
@@ -197,7 +204,7 @@ def _judge_memory(fsdp: dict, ddp: dict, ws: int, m, details: dict) -> str | Non
     base = memory_added(ddp["result"], ddp["result"], m.plan.profile.backend)
     if got is None or base is None:
         return None
-    line = pass_line(m.trial.thresholds.get("max_memory_ratio", 0.8), ws)
+    line = pass_line(m.trial.thresholds.max_memory_ratio, ws)
     ratios = [g / max(b, 1) for g, b in zip(got, base)]
     source = _source(m.plan.profile.backend)
     details["memory"] = {"ranks": list(range(ws)), "bytes": {"DDP": base, "FSDP": got}, "unit": "MiB",
@@ -294,5 +301,6 @@ def _explain(error: dict) -> str | None:
 
 
 CHECK = Check(id="fsdp.train", functions=("main", "parse_args", "load_data"), measure=_measure, explain=_explain,
+              thresholds=MemoryThresholds,
               defaults={"seed": 0, "images": 32, "epochs": 1, "batch_size": 8, "lr": 1e-3, "fc_blocks": 7,
                         "fc_width": 1536, "reshard_after_forward": None})

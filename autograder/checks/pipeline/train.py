@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import math
 
+from ...measured import SpeedThresholds
 from ...rank.timeline import ideal_speedup, merge_timelines
 from ...verdict import CheckFailed, Inconclusive, expect
 from .. import Check
@@ -217,7 +218,7 @@ def _measure(m):
     sides = [(reference, 1), (reference, k), (learner, k)] if reference is not None else [(learner, 1), (learner, k)]
     seconds: dict[int, list[float]] = {s: [] for s in range(len(sides))}
     ideal = round(ideal_speedup(ws, k), 2)
-    floor_efficiency = th.get("floor_efficiency", 0.7)
+    floor_efficiency = th.floor_efficiency
     speed, i = None, 0
     while i < rounds or more_rounds(speed, i, max_rounds):
         outs = {}
@@ -230,7 +231,7 @@ def _measure(m):
         m.require_idle_learner()   # background work while the reference ran would slow its baseline
         if reference is not None:
             speed = calibrated(seconds[0], seconds[1], seconds[2], ideal=ideal, floor_efficiency=floor_efficiency,
-                               reference_share=th.get("reference_share", 0.85), pace_share=th.get("pace_share"))
+                               reference_share=th.reference_share, pace_share=th.pace_share)
         else:
             speed = self_baseline(seconds[0], seconds[1], ideal=ideal, floor_efficiency=floor_efficiency)
         i += 1
@@ -266,6 +267,7 @@ def _measure(m):
 
 
 CHECK = Check(id="pipeline.train", functions=("main",), measure=_measure, measures_speed=True, explain=explain,
+              thresholds=SpeedThresholds,
               unmeasured={"judge_speed": False},
               defaults={"microbatches": 4, "batch_size": 64, "steps": 5, "rounds": 3, "max_rounds": 7,
                         "judge_speed": True})

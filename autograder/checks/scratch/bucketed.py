@@ -44,7 +44,9 @@ from __future__ import annotations
 
 import os
 import statistics
+from dataclasses import dataclass
 
+from ...config import ConfigError
 from ...verdict import CheckFailed, Inconclusive
 from .. import Check, Run
 from . import _dp, bucket_plan
@@ -86,7 +88,10 @@ def _setting(m) -> tuple[dict | None, str]:
     if os.geteuid() != 0:
         return None, ("overlap NOT MEASURED here: shaping the job's loopback (tc) needs root; it is measured when "
                       "the course is graded as root")
-    rate = m.trial.thresholds.get("loopback_mbit", 15)
+    rate = m.trial.thresholds.loopback_mbit
+    if rate is None:
+        raise ConfigError(f"course.yaml: exercise 'scratch.bucketed', thresholds.{m.trial.profile}: loopback_mbit is "
+                          "needed where the loopback is shaped (gloo)")
     # A link, not a token bucket: tbf lets a transfer that follows a quiet moment pass for free up to its burst,
     # which would reward all-reduces sent in pauses of the backward even when they block it (synchronous hooks
     # measured as fast as overlap with a 70 KB burst). A burst of a few packets holds no such credit, and tbf
@@ -258,7 +263,7 @@ def _measure(m):
                 sent[order[i]].append((after - before) / steps)
     m.require_idle_learner()   # background work while the reference's sides ran would slow them
     t = m.trial.thresholds
-    decision = decide(times, min_gain=float(t.get("min_gain", 0.1)), share=float(t.get("overlap_share", 0.5)))
+    decision = decide(times, min_gain=t.min_gain, share=t.overlap_share)
     sp, ms = decision["speedups"], {side: statistics.median(v) for side, v in times.items()}
     shown = ("naive", "reference", "yours") if reference else ("naive", "no overlap", "yours")
     details = {"overlap": {
@@ -278,7 +283,7 @@ def _measure(m):
         return f"{summary}; overlap measured: {figures}", details
     if decision["decision"] == "inconclusive":
         why = (f"the course's own buckets gained {decision['gap']:+.2f}x from overlap (needed: "
-               f"{t.get('min_gain', 0.1)}) and beat their no-overlap twin in {decision['reference_wins']:.0%} of the "
+               f"{t.min_gain}) and beat their no-overlap twin in {decision['reference_wins']:.0%} of the "
                "rounds (needed: 75%)" if decision["why"] == "no clear gain" else
                f"yours missed the line, yet the reference was faster than yours in only "
                f"{decision['reference_ahead']:.0%} of the rounds (a fail needs 75%)")
@@ -323,6 +328,13 @@ def _explain(error: dict) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class OverlapThresholds:
+    min_gain: float                      # the reference's gain from overlap must reach this, or no verdict
+    overlap_share: float                 # pass line: no overlap + this share of the reference's gain
+    loopback_mbit: float | None = None   # the shaped link (gloo); NCCL does not use the loopback
+
+
 CHECK = Check(id="scratch.bucketed", functions=("BucketedDDP",), inputs=_inputs, expected=_dp.expected, judge=_judge,
               measure=_measure, measures_speed=True, explain=_explain, defaults={"steps": 3},
-              unmeasured={"speed": False}, by_hand=True)
+              unmeasured={"speed": False}, by_hand=True, thresholds=OverlapThresholds)
