@@ -14,7 +14,8 @@ run with two jobs, next to honest students. Each attack is written afresh from i
 - flood: one 50 MB output line and 50 MB of HTML (with a script) as cell outputs;
 - copy-the-answer: exec the instructor's solution from source/;
 - frame-reader (the engine attack): global_mean reads the caller's frames and counters;
-- monkeypatch: replace check() in the kernel; tampered-tests: edit, delete and retype test cells.
+- monkeypatch: replace check() in the kernel; tampered-tests: edit, delete and retype test cells;
+- stall: rank 1 stops reading the harness's connection (a time-out within each check's limit).
 
 Honest students keep full marks, attackers get 0 on what they attacked and a flag where
 something was tampered with, nothing outlives grading, the installed grader is unchanged,
@@ -41,7 +42,7 @@ import pytest
 
 import grading_course as gc
 from autograder.launch import processes_with_env
-from conftest import require_sandbox
+from conftest import CONTROLS, require_sandbox
 
 pytestmark = pytest.mark.slow
 
@@ -143,6 +144,9 @@ from autograder.config import course_root
 cells = json.load(open(glob.glob(str(course_root() / "source" / "*" / "*.ipynb"))[0]))["cells"]
 exec("".join(next(c for c in cells if "".join(c["source"]).startswith("%%writefile")) ["source"]).split("\\n", 1)[1])
 '''
+# Rank 1 stops reading the course's connection once imported: it would freeze a harness that sent blocking, and
+# start the clock late (it once held `course check` for 480 s against a 180 s limit).
+STALL = (CONTROLS / "harness" / "stops_reading_its_inputs.py").read_text().split("\n\ndef global_mean")[0] + "\n"
 FRAME_READER = '''
 def global_mean(t):
     import inspect, torch
@@ -178,6 +182,7 @@ CORPUS = {
     "monkeypatch": dict(extra_cells=["import autograder, autograder.harness\n"
                                      "autograder.check = autograder.harness.check = lambda *a, **k: print('PASS')"]),
     "tampered-tests": dict(module=SOLUTION, edit=_tamper_with_tests),
+    "stall": dict(module=STALL + SOLUTION),
 }
 
 
@@ -314,6 +319,7 @@ def test_every_submission_has_a_row_and_nothing_outlives_grading(graded):
     ("frame-reader", (1, 0, 1)),
     ("monkeypatch", (0, 0, 0)),
     ("tampered-tests", (1, 1, 1)),  # the test cells are put back and run; the tampering is flagged
+    ("stall", (0, 0, 0)),           # rank 1 takes no inputs: a time-out within each check's limit (below)
 ])
 def test_scores(graded, student, expected):
     row = graded["rows"][student]
@@ -397,6 +403,17 @@ def test_frame_reading_gets_no_credit_in_grading_as_in_check(graded, tmp_path):
     module.write_text(CORPUS["frame-reader"]["module"])
     v = run_check("torchrun.mean", module=module)
     assert not v.passed and points(graded["rows"]["frame-reader"])[1] == 0
+
+
+def test_a_rank_that_takes_no_inputs_is_a_time_out_within_the_checks_limit(graded):
+    """Every check of the submission whose rank 1 stopped reading ends at its time limit (30 s here), not later."""
+    from autograder.records import verdicts_path
+
+    verdicts = json.loads(verdicts_path(graded["out"], "stall", gc.ASSIGNMENT).read_text())
+    assert verdicts, "no verdict recorded for the stalled submission"
+    for key, v in verdicts.items():
+        assert v["status"] == "timeout" and "time limit of 30 s" in v["message"], (key, v)
+        assert v["seconds"] <= 35, (key, v["seconds"])
 
 
 def test_hang_verdict_reaches_the_feedback(graded):
