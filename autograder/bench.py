@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import statistics
 import subprocess
@@ -40,15 +39,11 @@ class Bench:
 
     def reference(self, assignment: str, filename: str) -> Path:
         """`filename` as the source notebook of `assignment` writes it (all its %%writefile files, in one folder)."""
-        from .cells import writefile_cells
+        from .cells import write_notebook_files
 
         target = self.folder / assignment
         if not (target / filename).exists():
-            course = load_course()
-            notebook = course_root() / "source" / assignment / course.assignment(assignment).notebook
-            target.mkdir(parents=True, exist_ok=True)
-            for name, text in writefile_cells(json.loads(notebook.read_text())).items():
-                (target / name).write_text(text)
+            write_notebook_files("source", assignment, target)
         return target / filename
 
     def floor(self, ranks: int = 2, repeats: int = 3) -> float:

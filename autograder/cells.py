@@ -32,3 +32,28 @@ def writefile_cells(notebook: dict) -> dict[str, str]:
         name = Path(found["name"].strip("'\"")).name  # never outside the folder it is verified in
         files[name] = (files.get(name, "") if found["append"] else "") + body
     return files
+
+
+def notebook_files(kind: str, assignment: str) -> dict[str, str] | None:
+    """{file name: content} that `kind`/<assignment>'s notebook writes ("source": the course's solutions,
+    "release": the blank stubs); None where that notebook is absent (the student pack has no source/)."""
+    import json
+
+    from .config import course_root
+    from .course import load_course
+
+    notebook = course_root() / kind / assignment / load_course().assignment(assignment).notebook
+    if not notebook.is_file():
+        return None
+    return writefile_cells(json.loads(notebook.read_text()))
+
+
+def write_notebook_files(kind: str, assignment: str, folder: Path) -> Path:
+    """The notebook's %%writefile files written into `folder` (made if needed); `folder`."""
+    files = notebook_files(kind, assignment)
+    if files is None:
+        raise FileNotFoundError(f"{kind}/{assignment}: no notebook here")
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    return folder

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import REPO_ROOT, course_root
+from .config import REPO_ROOT
 
 TOTAL_BUDGET = 8 * 60        # seconds for the whole proof on a GPU host
 CONTROLS = REPO_ROOT / "tests" / "controls"
@@ -75,14 +75,9 @@ class Outcome:
 
 
 def _solution_folder(assignment: str, into: Path) -> Path:
-    from .cells import writefile_cells
+    from .cells import write_notebook_files
 
-    notebook = course_root() / "source" / assignment / f"{assignment}.ipynb"
-    folder = into / "solutions" / assignment
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, text in writefile_cells(json.loads(notebook.read_text())).items():
-        (folder / name).write_text(text)
-    return folder
+    return write_notebook_files("source", assignment, into / "solutions" / assignment)
 
 
 def plan(gpus: int, *, profile: str = "gpu", quick: bool = False) -> list[Step]:
@@ -218,11 +213,10 @@ def _checks(step: Step, out: Path) -> Outcome:
 
 
 def _solution_text(assignment: str, exercise: str) -> str:
-    from .cells import writefile_cells
+    from .cells import notebook_files
     from .course import load_course
 
-    notebook = course_root() / "source" / assignment / f"{assignment}.ipynb"
-    return writefile_cells(json.loads(notebook.read_text())).get(load_course().exercise(exercise).module, "")
+    return (notebook_files("source", assignment) or {}).get(load_course().exercise(exercise).module, "")
 
 
 def _mistake(step: Step, out: Path) -> Outcome:

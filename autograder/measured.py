@@ -34,7 +34,6 @@ pass line is the floor (a self-check, not a grade).
 """
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import time
@@ -139,17 +138,9 @@ class Measurement:
 
     def reference_sources(self) -> dict[str, str] | None:
         """The source notebook's %%writefile files for this exercise's assignment (None in the student pack)."""
-        from .config import course_root
-        from .cells import writefile_cells
+        from .cells import notebook_files
 
-        from .course import load_course
-
-        exercise = self.call.exercise
-        course = load_course()
-        notebook = course_root() / "source" / exercise.assignment / course.assignment(exercise.assignment).notebook
-        if not notebook.is_file():
-            return None
-        return writefile_cells(json.loads(notebook.read_text()))
+        return notebook_files("source", self.call.exercise.assignment)
 
     def learner_job(self, world_size: int | None = None, *, confine=None, env: dict[str, str] | None = None) -> Job:
         """The learner's files in a job of their own (`confine`: a sandbox.Sandbox, e.g. a shaped loopback;

@@ -68,18 +68,13 @@ _NOTEBOOK_FILES: dict[tuple[str, str], Path] = {}
 
 def _notebook_files(kind: str, assignment: str) -> Path:
     """A folder with every %%writefile file of source/ (kind="source") or release/ (kind="release") <assignment>."""
-    import json
     import tempfile
 
-    from autograder.config import course_root
-    from autograder.cells import writefile_cells
+    from autograder.cells import write_notebook_files
 
     if (kind, assignment) not in _NOTEBOOK_FILES:
         folder = Path(tempfile.mkdtemp(prefix=f"course-{kind}-{assignment}-"))
-        notebook = course_root() / kind / assignment / f"{assignment}.ipynb"
-        for name, text in writefile_cells(json.loads(notebook.read_text())).items():
-            (folder / name).write_text(text)
-        _NOTEBOOK_FILES[kind, assignment] = folder
+        _NOTEBOOK_FILES[kind, assignment] = write_notebook_files(kind, assignment, folder)
     return _NOTEBOOK_FILES[kind, assignment]
 
 
@@ -108,12 +103,10 @@ def require_sandbox() -> None:
 @pytest.fixture
 def one_thread():
     """Small tensors: one torch thread is as fast, and tests run two at a time (pytest -n 2)."""
-    import torch
+    from autograder import checks
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with checks.one_thread():
+        yield
 
 
 # ------------------------------------------------------------------ artefacts made once per test session

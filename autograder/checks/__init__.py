@@ -15,13 +15,14 @@ Checks that measure speed or memory orchestrate several jobs themselves (`measur
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import pkgutil
 import random
 import secrets
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from ..config import ConfigError
 from ..verdict import CheckFailed, Inconclusive, expect
@@ -108,6 +109,36 @@ class Check:
         return self.part or self.id
 
 
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """torch on one thread for the block: the harness shares the cores with the ranks it waits for, and torch's
+    thread pool on an oversubscribed machine runs several times slower than one thread (measured: 10 s vs 1.5 s)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def secret_statistics(state: dict, generator) -> dict:
+    """`state` with BatchNorm statistics drawn from `generator`: values a fresh model would not have, so that an old
+    copy of the model (not the one sent) cannot match them."""
+    import torch
+
+    drawn = dict(state)
+    for name, value in state.items():
+        if name.endswith("running_mean"):
+            drawn[name] = torch.randn(value.shape, generator=generator)
+        elif name.endswith("running_var"):
+            drawn[name] = 0.5 + torch.rand(value.shape, generator=generator)
+        elif name.endswith("num_batches_tracked"):
+            drawn[name] = torch.randint(1, 1000, (), generator=generator)
+    return drawn
+
+
 def thresholds_for(check: Check, exercise, profile: str):
     """The exercise's thresholds under `profile` (course.yaml), as the check's typed object; None for a check that
     has none. Every field without a default must be given, and no other key: a ConfigError names the key."""
@@ -160,4 +191,4 @@ def implemented() -> set[str]:
     return found
 
 
-__all__ = ["Check", "CheckFailed", "Inconclusive", "Run", "Trial", "expect", "get", "implemented", "thresholds_for"]
+__all__ = ["Check", "CheckFailed", "Inconclusive", "Run", "Trial", "expect", "get", "implemented", "one_thread", "secret_statistics", "thresholds_for"]

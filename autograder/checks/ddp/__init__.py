@@ -8,10 +8,10 @@ plain containers: the learner's process made those bytes.
 from __future__ import annotations
 
 import functools
-from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Callable
 
 from ...verdict import CheckFailed
+from .. import one_thread, secret_statistics  # noqa: F401 (one_thread: the assignment's checks import it from here)
 from ..saved import is_state_dict, load_saved  # noqa: F401 (the assignment's checks import them from here)
 
 # A small EuroSATNet: the exercises test the wrapping, not the model, and tiny tensors keep the checks fast.
@@ -30,20 +30,6 @@ def reads_rank_results(judge: Callable) -> Callable:
                               "Something in your files changed what the ranks send back (the course's code in "
                               "autograder.rank): leave it alone and let the check call your functions.") from exc
     return judging
-
-
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """torch on one thread for the block: the harness shares the cores with the ranks it waits for, and torch's
-    thread pool on an oversubscribed machine runs several times slower than one thread (measured: 10 s vs 1.5 s)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def expected_devices(trial) -> list[str]:
@@ -70,15 +56,7 @@ def random_state(generator, *, norm: bool, width: int = SMALL["width"], blocks: 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = EuroSATNet(width=width, blocks=blocks, norm=norm)
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    for name, value in state.items():   # statistics a fresh model would not have: an old copy cannot match
-        if name.endswith("running_mean"):
-            state[name] = torch.randn(value.shape, generator=generator)
-        elif name.endswith("running_var"):
-            state[name] = 0.5 + torch.rand(value.shape, generator=generator)
-        elif name.endswith("num_batches_tracked"):
-            state[name] = torch.randint(1, 1000, (), generator=generator)
-    return state
+    return secret_statistics({k: v.detach().clone() for k, v in model.state_dict().items()}, generator)
 
 
 def spec(state: dict, *, norm: bool) -> dict:

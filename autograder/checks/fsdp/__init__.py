@@ -20,11 +20,10 @@ import math
 import pickletools
 import re
 import zipfile
-from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 from ...verdict import CheckFailed
-from .. import saved
+from .. import one_thread, saved  # noqa: F401 (one_thread: the assignment's checks import it from here)
 from ..saved import is_state_dict  # noqa: F401 (the assignment's checks import it from here)
 
 ATOL, RTOL = 1e-4, 1e-3
@@ -35,19 +34,6 @@ TWICE_HINT = ("fully_shard was applied twice to the same module. model.blocks() 
 TAMPERED_HINT = ("The course's rank driver sends back what your functions returned; something in your files "
                  "changed it. Do not patch the course's own modules (autograder.*) from your code.")
 SHARDED_MARKS = ("DTensor", "ShardedTensor", "torch.distributed")   # in a pickle: a sharded-only checkpoint
-
-
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """torch on one thread for the block: the harness shares the cores with the ranks it waits for."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def explain(error: dict) -> str | None:

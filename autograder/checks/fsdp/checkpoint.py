@@ -24,7 +24,7 @@ buffers are computed by the same operations on the same data, within the same to
 from __future__ import annotations
 
 from ...verdict import CheckFailed, expect
-from .. import Check, Run
+from .. import Check, Run, secret_statistics
 from . import explain, field, is_state_dict, load_saved, rank_batches, random_state, worst
 
 LR = 0.1
@@ -33,21 +33,12 @@ GATHER = ("get_model_state_dict(model, options=StateDictOptions(full_state_dict=
 
 
 def _inputs(trial) -> list:
-    import torch
-
     from ...rank.toolkit import build_model
 
     p, ws = trial.params, trial.world_size
     spec = {"kind": "eurosat", "width": p["width"], "blocks": p["blocks"], "norm": True}
     g = trial.generator(0)
-    state = random_state(g, spec)
-    for name, value in state.items():   # statistics a fresh model would not have: an old copy cannot match
-        if name.endswith("running_mean"):
-            state[name] = torch.randn(value.shape, generator=g)
-        elif name.endswith("running_var"):
-            state[name] = 0.5 + torch.rand(value.shape, generator=g)
-        elif name.endswith("num_batches_tracked"):
-            state[name] = torch.randint(1, 1000, (), generator=g)
+    state = secret_statistics(random_state(g, spec), g)
     batches = rank_batches(trial.generator(1), ws, 2, p["batch_per_rank"])
     units = [name for name, _ in build_model(spec).named_children()] + [""]   # each block, then the root
     nonce = f"{trial.rng.getrandbits(64):016x}"
