@@ -19,7 +19,6 @@ from __future__ import annotations
 import base64
 import io
 
-from .verdict import Verdict
 
 
 def _figure(width: float, height: float):
@@ -131,9 +130,9 @@ def draw_overlap(axes, data: dict) -> None:
         axes[0].figure.suptitle(title, fontsize=9)
 
 
-def render(verdict: Verdict):
-    """A matplotlib Figure for the verdict's details, or None when there is nothing to draw."""
-    d = verdict.details
+def render(d: dict):
+    """A matplotlib Figure for a verdict's details (its "timeline", "overlap", "speedup" or "memory"), or None when
+    there is nothing to draw."""
     if "timeline" in d:
         n = len(d["timeline"]["schedules"])
         fig, axes = _figure(8, 1.6 * n + 0.6)
@@ -161,8 +160,9 @@ def render(verdict: Verdict):
     return fig
 
 
-def verdict_figure_png_base64(verdict: Verdict) -> str | None:
-    fig = render(verdict)
+def png_base64(details: dict) -> str | None:
+    """render(details) as a base64 PNG (None when there is nothing to draw)."""
+    fig = render(details)
     if fig is None:
         return None
     buf = io.BytesIO()

@@ -120,8 +120,8 @@ def self_baseline(baseline: list[float], learner: list[float], *, ideal: float, 
 @dataclass
 class Measurement:
     """The context a measuring check's `measure(m)` works in."""
-    plan: Any       # harness.Plan
-    call: Any       # harness.Call
+    plan: Any       # planning.Plan
+    call: Any       # planning.Call
     trial: Any      # checks.Trial
     cpus: set[int] | None = None
     jobs: list = field(default_factory=list)   # every job started, closed by run_measured whatever happens
@@ -210,7 +210,8 @@ class Measurement:
 
 def run_measured(plan, call, base: dict) -> Verdict:
     """Run a measuring check: its own jobs, alone on the machine while grading; a Verdict whatever happens."""
-    from .harness import failure_verdict, trial_for
+    from .diagnosis import failure_verdict
+    from .planning import trial_for
 
     trial = trial_for(plan, call)
     started = time.monotonic()

@@ -63,7 +63,7 @@ def _public_calls(course) -> list[tuple[str, dict]]:
 def _write_expected(folder: Path, course) -> int:
     """Inputs and expected values of each public call at each world size, computed once here with a fixed secret."""
     from . import checks, policy
-    from .harness import Call, Plan, trial_for
+    from .planning import Call, Plan, trial_for
 
     folder.mkdir(parents=True, exist_ok=True)
     n = 0

@@ -84,9 +84,9 @@ class Verdict:
         """The verdict's picture as base64 PNG (None when its details hold nothing to draw)."""
         if not any(k in self.details for k in FIGURE_KEYS):
             return None
-        from .figures import verdict_figure_png_base64
+        from .figures import png_base64
 
-        return verdict_figure_png_base64(self)
+        return png_base64(self.details)
 
     def to_html(self, *, figure: bool = True) -> str:
         """Escaped HTML: nothing the learner's code printed can become markup or script."""

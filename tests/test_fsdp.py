@@ -77,7 +77,7 @@ def test_reference_script_holds_about_half_of_ddp_and_trains_like_it():
     assert all(0.35 < f / d < 0.7 for f, d in zip(fsdp, ddp)), memory
     assert memory["threshold"] == 0.8 and memory["ratio"] <= memory["threshold"]
     assert set(v.details["seconds"]) == {"DDP", "FSDP"}
-    assert render(v) is not None
+    assert render(v.details) is not None
 
 
 # ---------------------------------------------------------------- negative controls

@@ -159,11 +159,11 @@ def _hint(record: dict | None, sizes: list, cap_mb: float) -> str:
 # ------------------------------------------------------------------ the measurement
 
 def _correctness(m, learner) -> str:
-    from ... import harness
+    from ... import planning
 
     try:
-        trial, inputs, expected = harness.prepare(m.plan, m.call)
-    except harness.NoExpectedValues as exc:
+        trial, inputs, expected = planning.prepare(m.plan, m.call)
+    except planning.NoExpectedValues as exc:
         failure = CheckFailed(str(exc), "Run the self-check with its default parameters.")
         failure.status = "error"
         raise failure from None
