@@ -181,18 +181,16 @@ def render(title: str, summary_html: str, notebook: dict | None) -> str:
     return page
 
 
-def summary(record, verdicts: dict[str, list[dict]]) -> str:
-    """Points per exercise, flags, and each trusted verdict (escaped) of the re-verification."""
-    from .verdict import Verdict
-
+def summary(record, verdicts: dict[str, list]) -> str:
+    """Points per exercise, flags, and each trusted verdict (a Verdict, escaped) of the re-verification."""
     rows = "".join(f"<tr><td>{html.escape(g)}</td><td>{p:g}</td></tr>" for g, p in record.points.items())
     parts = [f"<p><b>Total: {sum(record.points.values()):g}</b></p>",
              f"<table><tr><th>exercise</th><th>points</th></tr>{rows}</table>"]
     if record.flags:
         parts.append("<ul>" + "".join(f"<li>{html.escape(f)}</li>" for f in record.flags) + "</ul>")
-    for grade_id, raws in verdicts.items():
-        for raw in raws:
-            parts.append(Verdict.from_dict(raw).to_html(figure=False))
+    for grade_id, found in verdicts.items():
+        for verdict in found:
+            parts.append(verdict.to_html(figure=False))
     return "\n".join(parts)
 
 

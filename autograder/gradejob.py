@@ -188,7 +188,7 @@ def grade_one(out: Path, student: str, assignment_id: str, notebook: Path, *, sa
     if nb is not None:
         nb = feedback.without_hidden_tests(nb, released, record.points)
     page = feedback.render(f"{student}: {a.id}", feedback.summary(record, verdicts), nb)
-    return {"record": asdict(record), "feedback": page, "verdicts": checked.verdicts}
+    return {"record": asdict(record), "feedback": page, "verdicts": checked.as_json()["verdicts"]}
 
 
 def main(argv: list[str]) -> int:

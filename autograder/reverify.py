@@ -21,6 +21,7 @@ from .cells import cell_source, writefile_cells  # noqa: F401  (writefile_cells:
 from .config import Assignment, grading_shortcuts
 from .harness import VerdictCache, run_check
 from .trusted import call_key, digest
+from .verdict import Verdict
 
 
 HIDDEN = re.compile(r"^\s*### BEGIN HIDDEN TESTS\s*$(.*?)^\s*### END HIDDEN TESTS\s*$", re.S | re.M)
@@ -57,22 +58,26 @@ class ExerciseResult:
     grade_id: str
     points: float          # trusted points: all the cell's checks passed, or 0
     max_points: float
-    verdicts: list[dict] = field(default_factory=list)   # every call's Verdict (as a dict), in the cell's order
+    verdicts: list[Verdict] = field(default_factory=list)   # every call's Verdict, in the cell's order
 
     @property
     def inconclusive(self) -> bool:
         """A measurement could not decide on this machine (never a fail): the submission needs a re-run."""
-        return any(v["status"] == "inconclusive" for v in self.verdicts)
+        return any(v.status == "inconclusive" for v in self.verdicts)
 
 
 @dataclass
 class Reverification:
     exercises: dict[str, ExerciseResult]
     files: dict[str, str]                    # name -> sha256 of the verified content
-    verdicts: dict[str, dict]                # call_key -> Verdict as dict
+    verdicts: dict[str, Verdict]             # call_key -> Verdict
+
+    def as_json(self) -> dict:
+        """{"files": ..., "verdicts": {call key: the Verdict as a dict}}: what trusted.py reads in the kernel."""
+        return {"files": self.files, "verdicts": {k: json.loads(v.to_json()) for k, v in self.verdicts.items()}}
 
     def write(self, path: Path) -> None:
-        path.write_text(json.dumps({"files": self.files, "verdicts": self.verdicts}))
+        path.write_text(json.dumps(self.as_json()))
 
 
 def reverify(submission: dict, source: dict, assignment: Assignment) -> Reverification:
@@ -87,9 +92,8 @@ def reverify(submission: dict, source: dict, assignment: Assignment) -> Reverifi
             result = ExerciseResult(exercise.grade_id, exercise.points, exercise.points)
             for call in check_calls(source, exercise.grade_id):
                 verdict = run_check(call.exercise, cwd=tmp, cache=cache, hidden=call.hidden, **call.overrides)
-                raw = json.loads(verdict.to_json())
-                verdicts[call_key(call.exercise, call.overrides)] = raw
-                result.verdicts.append(raw)
+                verdicts[call_key(call.exercise, call.overrides)] = verdict
+                result.verdicts.append(verdict)
                 if not verdict.passed:  # like the test cell, stop at the first failing call
                     result.points = 0.0
                     break

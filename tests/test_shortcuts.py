@@ -47,7 +47,7 @@ def _trusted(tmp_path: Path, monkeypatch, module_text: str) -> dict:
     verdict = Verdict(exercise="torchrun.env", passed=True, message="verified outside the kernel", world_size=2)
     files = {"torchrun_basics.py": module_text, "later.py": LATER}
     Reverification({}, {name: hashlib.sha256(text.encode()).hexdigest() for name, text in files.items()},
-                   {call_key("torchrun.env", overrides): json.loads(verdict.to_json())}).write(tmp_path / "trusted.json")
+                   {call_key("torchrun.env", overrides): verdict}).write(tmp_path / "trusted.json")
     monkeypatch.setenv(TRUSTED_ENV, str(tmp_path / "trusted.json"))
     return overrides
 
@@ -135,7 +135,7 @@ def test_reverification_shares_launches_only_with_shortcuts(counted_launches, mo
     checked = reverify(source, source, a)
     assert all(r.points == r.max_points for r in checked.exercises.values())
     calls = len(checked.verdicts)
-    hidden = [v for r in checked.exercises.values() for v in r.verdicts if v["hidden"]]
+    hidden = [v for r in checked.exercises.values() for v in r.verdicts if v.hidden]
     assert hidden and len(hidden) < calls   # the hidden calls are marked as such
     if shortcuts == "off":
         assert all(len(ids) == 1 for ids in counted_launches) and len(counted_launches) == calls
