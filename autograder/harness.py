@@ -115,8 +115,7 @@ def _run(plan: Plan) -> list[Verdict | None]:
         job.launch()
         # The ranks start (torch's import takes seconds); meanwhile the inputs and expected values are made here.
         first = plan.calls[0]
-        base = dict(exercise=first.exercise.id, profile=plan.profile.name, world_size=0 if plan.local else plan.world_size,
-                    max_points=first.exercise.points)
+        base = plan.base(first)
         prepared = []
         for call in plan.calls:
             try:
@@ -133,13 +132,12 @@ def _run(plan: Plan) -> list[Verdict | None]:
             failed = job.prepare(plan.limit(first), parts=sorted({c.check.rank_part for c in plan.calls}),
                                  group=not plan.local and first.check.group == "harness")
         if failed is not None:
-            verdicts[0] = failure_verdict(job, failed, first.check, plan.limit(first), {**base, "seconds": round(failed.seconds, 2)})
+            verdicts[0] = failure_verdict(job, failed, first.check, plan.limit(first),
+                                          plan.base(first, seconds=round(failed.seconds, 2)))
             return verdicts
         for i, (call, (trial, inputs, expected)) in enumerate(zip(plan.calls, prepared)):
             result = job.run(call.check.rank_part, inputs, group=call.check.group, time_limit=plan.limit(call))
-            base = dict(exercise=call.exercise.id, profile=plan.profile.name,
-                        world_size=0 if plan.local else plan.world_size, max_points=call.exercise.points,
-                        seconds=round(result.seconds, 2))
+            base = plan.base(call, seconds=round(result.seconds, 2))
             if not result.complete:
                 verdicts[i] = failure_verdict(job, result, call.check, plan.limit(call), base)
                 break   # the ranks are in an unknown state: the remaining exercises are not run

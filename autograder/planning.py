@@ -39,6 +39,11 @@ class Plan:
     def limit(self, call: Call) -> float:
         return float(self.time_limit or call.exercise.time_limit)
 
+    def base(self, call: Call, **more: Any) -> dict[str, Any]:
+        """The Verdict fields every verdict of `call` in this plan carries (plus `more`: seconds, logs, hidden)."""
+        return dict(exercise=call.exercise.id, profile=self.profile.name, world_size=0 if self.local else self.world_size,
+                    max_points=call.exercise.points, **more)
+
 
 class VerdictCache:
     """Verdicts of exercises that shared a launch, keyed by everything that could change them.
