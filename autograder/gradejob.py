@@ -72,14 +72,10 @@ def tampered_test_cells(submitted: dict, released: dict) -> list[str]:
 
 
 def _kernel_env(trusted: Path, work: Path) -> dict[str, str]:
-    env = {"PATH": os.pathsep.join([str(Path(sys.executable).parent), "/usr/local/bin", "/usr/bin", "/bin"]),
-           "HOME": str(work), "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1", "COURSE_ROOT": str(course_root()),
-           TRUSTED_ENV: str(trusted), sandbox.MODE_ENV: "off", "MPLBACKEND": "Agg"}
-    for key in ("CUDA_VISIBLE_DEVICES", "COURSE_TEST_ID", "COURSE_GRADING_SHORTCUTS", "COURSE_DATA_DIR",
-                "OMP_NUM_THREADS", "COURSE_PROFILE"):
-        if key in os.environ:
-            env[key] = os.environ[key]
-    return env
+    return sandbox.clean_env(work, ("CUDA_VISIBLE_DEVICES", "COURSE_TEST_ID", "COURSE_GRADING_SHORTCUTS",
+                                    "COURSE_DATA_DIR", "OMP_NUM_THREADS", "COURSE_PROFILE"),
+                             COURSE_ROOT=str(course_root()), MPLBACKEND="Agg",
+                             **{TRUSTED_ENV: str(trusted), sandbox.MODE_ENV: "off"})
 
 
 def run_notebook(template: Path, notebook: Path, student: str, assignment: str, trusted: Path,

@@ -287,6 +287,17 @@ def kill_and_remove(groups: list[Path]) -> None:
             pass
 
 
+def clean_env(home: Path, keep: tuple[str, ...] = (), **values: str) -> dict[str, str]:
+    """The whole environment of a process that runs learner code: this Python's folder first on PATH, `home`
+    as HOME, UTF-8, unbuffered output, the caller's values of `keep` (those that are set), then `values`.
+    Nothing else of the grader's environment reaches it."""
+    env = {"PATH": os.pathsep.join([str(Path(sys.executable).parent), "/usr/local/bin", "/usr/bin", "/bin"]),
+           "HOME": str(home), "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1"}
+    env.update({key: os.environ[key] for key in keep if key in os.environ})
+    env.update(values)
+    return env
+
+
 def popen(cmd: list[str], *, groups: list[Path] = (), cpus: set[int] | None = None, file_limit: int | None = None,
           **kwargs) -> subprocess.Popen:
     """Start `cmd` (a Sandbox.command, or a plain command when unsandboxed) in a session of its own, inside

@@ -140,13 +140,10 @@ class Job:
 
     # -------------------------------------------------------------- start
     def _env(self) -> dict[str, str]:
-        env = {"PATH": os.pathsep.join([str(Path(sys.executable).parent), "/usr/local/bin", "/usr/bin", "/bin"]),
-               "HOME": str(self.folder.scratch), "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1",
-               "PYTHONDONTWRITEBYTECODE": "1", "TMPDIR": "/tmp" if self.sandboxed else str(self.folder.scratch),
-               launch.TOKEN_ENV: self.token}
-        for key in ("CUDA_VISIBLE_DEVICES", "COURSE_TEST_ID", "LD_LIBRARY_PATH"):
-            if key in os.environ:
-                env[key] = os.environ[key]
+        env = sandbox.clean_env(self.folder.scratch, ("CUDA_VISIBLE_DEVICES", "COURSE_TEST_ID", "LD_LIBRARY_PATH"),
+                                PYTHONDONTWRITEBYTECODE="1",
+                                TMPDIR="/tmp" if self.sandboxed else str(self.folder.scratch),
+                                **{launch.TOKEN_ENV: self.token})
         env.update(policy.rank_env(self.profile))
         if self.sandboxed:   # the sandbox has only a loopback interface
             env.update(GLOO_SOCKET_IFNAME="lo", NCCL_SOCKET_IFNAME="lo")
