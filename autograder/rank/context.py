@@ -22,6 +22,7 @@ class RankContext:
     scratch: Path            # a writable folder of this job (checkpoints, metrics files)
     calls: Counter = field(default_factory=Counter)   # the learner's collectives in this task, by name
     time_limit: float = 60.0
+    kept: dict = field(default_factory=dict)          # what a part keeps for the job's later tasks (its models)
 
 
 def count_collectives(calls: Counter) -> None:

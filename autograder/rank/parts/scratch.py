@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import time
 from contextlib import ExitStack
-from typing import Any
 
 from ._scratch_models import build_net, build_stage   # the harness builds the same models with them
-
-_KEPT: dict[str, Any] = {}   # the overlap measurement's models, kept between its tasks (one job, many rounds)
 
 
 def _warm_up() -> None:
@@ -142,10 +139,10 @@ def overlap_prepare(ctx, learner, inputs):
     plain = build_model(inputs["model"]).to(device)
     inner = build_model(inputs["model"]).to(device)
     wrapped = learner.BucketedDDP(inner, bucket_cap_mb=inputs["cap_mb"])
-    _KEPT.clear()
-    _KEPT.update(plain=plain, wrapped=wrapped, inner=inner, x=inputs["x"].to(device), y=inputs["y"].to(device),
-                 optimizers={"plain": torch.optim.SGD(plain.parameters(), lr=0.01),
-                             "inner": torch.optim.SGD(inner.parameters(), lr=0.01)})
+    ctx.kept.clear()   # the overlap measurement's models, kept between its tasks (one job, many rounds)
+    ctx.kept.update(plain=plain, wrapped=wrapped, inner=inner, x=inputs["x"].to(device), y=inputs["y"].to(device),
+                    optimizers={"plain": torch.optim.SGD(plain.parameters(), lr=0.01),
+                                "inner": torch.optim.SGD(inner.parameters(), lr=0.01)})
     return {"buckets": len(getattr(wrapped, "buckets", []) or [])}
 
 
@@ -195,7 +192,7 @@ def overlap_steps(ctx, learner, inputs):
     import torch
     import torch.nn.functional as F
 
-    kind, kept = inputs["kind"], _KEPT
+    kind, kept = inputs["kind"], ctx.kept
     bucketed = kind in ("bucketed", "deferred")
     model = kept["inner"] if bucketed else kept["plain"]
     front = kept["wrapped"] if bucketed else model
