@@ -192,11 +192,12 @@ class Sandbox:
 
 def own_tmp(command: list[str], *, keep: list[Path], shm: bool) -> list[str]:
     """`command` (one rank of a job, started inside the job's sandbox) with a /tmp, and with shm=True a /dev/shm,
-    of its own: ranks then exchange data only through their process group and the job's scratch folder (shared,
-    as nodes share a file system). A nested bubblewrap in a user namespace of the sandbox's user, everything else
-    bound unchanged (same PIDs, network, files and devices, each mount's read-only flag); `keep`: folders under /tmp (the job
-    folder) bound again over the new one. NCCL needs shm=False: its transport between the ranks of a node runs
-    through one /dev/shm."""
+    of its own: nothing a rank leaves there is where another rank looks (the job's scratch folder stays shared, as
+    nodes share a file system). A nested bubblewrap in a user namespace of the sandbox's user, everything else
+    bound unchanged (same PIDs, network, files and devices, each mount's read-only flag); `keep`: folders under
+    /tmp (the job folder) bound again over the new one. NCCL needs shm=False: its transport between the ranks of
+    a node runs through one /dev/shm. Not a wall between colluding ranks: the scratch folder, and another process's
+    /proc/PID/root, remain (what a check must prove about communication, it measures: bytes on the wire)."""
     args = [shutil.which("bwrap") or "bwrap", "--unshare-user", "--dev-bind", "/", "/",
             "--perms", "1777", "--size", str(TMP_BYTES), "--tmpfs", "/tmp"]
     for folder in keep:
