@@ -191,4 +191,5 @@ def implemented() -> set[str]:
     return found
 
 
-__all__ = ["Check", "CheckFailed", "Inconclusive", "Run", "Trial", "expect", "get", "implemented", "one_thread", "secret_statistics", "thresholds_for"]
+__all__ = ["Check", "CheckFailed", "Inconclusive", "Run", "Trial", "expect", "get", "implemented", "one_thread",
+           "secret_statistics", "thresholds_for"]
