@@ -284,6 +284,6 @@ def _measure(m) -> tuple[str, dict]:
 
 
 CHECK = Check(id="ddp.train", functions=("main", "parse_args", "load_data"), measure=_measure, measures_speed=True,
-              thresholds=measured.SpeedThresholds,
-              unmeasured={"repeats": 0}, explain=explain, defaults={"images": 256, "epochs": 1, "batch_size": 32, "repeats": 3,
-                                          "max_repeats": 7, "warmup_images": 32})
+              thresholds=measured.SpeedThresholds, unmeasured={"repeats": 0}, explain=explain,
+              defaults={"images": 256, "epochs": 1, "batch_size": 32, "repeats": 3, "max_repeats": 7,
+                        "warmup_images": 32})
