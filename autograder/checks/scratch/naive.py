@@ -5,8 +5,9 @@ Scenario: an MLP with uneven layers, a buffer and a layer the loss never uses (i
 the same secret initial weights on every rank, three SGD steps, each rank on its own secret batches.
 After every backward the rank part calls allreduce_gradients(model) and records every .grad; the
 harness computes the mean of the ranks' gradients in one process (reference.train_data_parallel)
-and compares step by step, then the final weights. Tolerance: 1e-4 relative (float32 sums in another order, see checks/scratch).
-A sum instead of a mean (N x), an unchanged local gradient, zeros or a missing .grad are named.
+and compares step by step, then the final weights. Tolerance: 1e-4 relative (float32 sums in another
+order, see checks/scratch). A sum instead of a mean (N x), an unchanged local gradient, zeros, a
+missing .grad, and a crash on the unused layer's None gradient are named.
 """
 from __future__ import annotations
 
