@@ -120,9 +120,7 @@ def failure_verdict(job: Job, result: TaskResult, check: Check, limit: float, ba
 
 
 def judge_verdict(check: Check, trial: Trial, inputs: list, expected: Any, result: TaskResult, base: dict) -> Verdict:
-    run = Run(exercise=trial.exercise, world_size=trial.world_size, params=trial.params,
-              ranks=tuple(result.outcomes), thresholds=trial.thresholds, profile=trial.profile,
-              inputs=inputs, expected=expected, seconds=result.seconds)
+    run = Run.of(trial, inputs, expected, result)
     try:
         summary = check.judge(run)
     except CheckFailed as failure:

@@ -74,6 +74,13 @@ class Run:
     expected: Any = None
     seconds: float = 0.0     # the task's time, taken by the harness from outside (inputs sent -> last reply)
 
+    @classmethod
+    def of(cls, trial: Trial, inputs: list, expected: Any, result) -> "Run":
+        """What the judge sees of a finished task (result: a session.TaskResult) of this trial."""
+        return cls(exercise=trial.exercise, world_size=trial.world_size, params=trial.params,
+                   ranks=tuple(result.outcomes), thresholds=trial.thresholds, profile=trial.profile,
+                   inputs=inputs, expected=expected, seconds=result.seconds)
+
     def results(self) -> list[Any]:
         return [r.result for r in self.ranks]
 

@@ -168,9 +168,7 @@ def _correctness(m, learner) -> str:
         failure.status = "error"
         raise failure from None
     result = m.run(learner, "scratch.bucketed", inputs, group="harness")
-    run = Run(exercise=trial.exercise, world_size=trial.world_size, params=trial.params,
-              ranks=tuple(result.outcomes), thresholds=trial.thresholds, profile=trial.profile,
-              inputs=inputs, expected=expected, seconds=result.seconds)
+    run = Run.of(trial, inputs, expected, result)
     return _judge(run)
 
 
