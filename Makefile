@@ -8,7 +8,7 @@ PORT   ?= 8888
 # Jupyter refuses to run as root unless told to (containers and CI boxes often are root).
 ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 
-.PHONY: setup lab test test-full release data clean browser sandbox gpu-proof
+.PHONY: setup lab test test-full release data clean browser sandbox slurm gpu-proof
 
 setup: $(VENV)/.setup-stamp sandbox
 
@@ -56,15 +56,28 @@ browser:
 	    echo "tests/test_browser.py will be skipped."; \
 	  fi; }
 
+# Slurm (Debian's slurmctld, slurmd, client and munge) for the tests that grade a class through a real, local
+# one-node Slurm (tests/slurm_cluster.py starts and stops it); installed when missing (needs root), else skipped.
+slurm:
+	@command -v sbatch >/dev/null && [ -x /usr/sbin/slurmd ] && [ -x /usr/sbin/munged ] || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends slurmctld slurmd slurm-client \
+	       munge >/dev/null 2>&1 || { apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y \
+	       --no-install-recommends slurmctld slurmd slurm-client munge >/dev/null; }) \
+	      || echo "Could not install Slurm: the Slurm tests will be skipped."; \
+	  else \
+	    echo "Slurm is missing and installing it needs root and apt-get: the Slurm tests will be skipped."; \
+	  fi; }
+
 # Correctness tests run two at a time, a test file per worker (its module fixtures are made once; pytest-xdist's
 # xdist_group marks do not group with pytest 9); tests that time a speed-up run alone afterwards. Notebooks run in
 # the smoke configuration (tests/test_notebooks_run.py).
-test: setup browser
+test: setup browser slurm
 	$(BIN)/python -m pytest -n 2 --dist loadfile -m "not timing"
 	$(BIN)/python -m pytest -p no:xdist -m timing || [ $$? -eq 5 ]  # 5: no timing tests selected
 
 # The same, with every notebook in its full configuration (what a student runs; the speed-timing ones alone).
-test-full: setup browser
+test-full: setup browser slurm
 	COURSE_TEST_FULL=1 $(BIN)/python -m pytest -n 2 --dist loadfile -m "not timing"
 	COURSE_TEST_FULL=1 $(BIN)/python -m pytest -p no:xdist -m timing || [ $$? -eq 5 ]
 

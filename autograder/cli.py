@@ -1,11 +1,12 @@
-"""The `course` command: check, release, grade, data, bench. Thin: each verb calls one module."""
+"""The `course` command: check, release, grade, slurm-script, data, bench. Thin: each verb calls one module."""
 from __future__ import annotations
 
 import argparse
 import signal
 import sys
+from pathlib import Path
 
-from .config import ConfigError
+from .config import ConfigError, Refused
 
 EXIT_PASS, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -30,7 +31,7 @@ def _check_all(args) -> int:
     from .course import load_course
     from .harness import VerdictCache, run_check
 
-    root, cache, failed, ran = __import__("pathlib").Path(args.folder), VerdictCache(), 0, 0
+    root, cache, failed, ran = Path(args.folder), VerdictCache(), 0, 0
     for a in load_course().assignments:
         for e in a.exercises:
             if (root / a.id / e.module).is_file():
@@ -66,9 +67,28 @@ def _release(args) -> int:
 
 def _grade(args) -> int:
     from .grading import grade
+    from .slurm import SlurmOptions
 
+    options = SlurmOptions(partition=args.partition, gres=args.gres, max_parallel=args.max_parallel,
+                           cpus_per_task=args.cpus_per_task, extra=tuple(args.sbatch_option or ())) \
+        if args.slurm else None
     grade(args.submissions, out=args.out, assignments=args.assignment or None, jobs=args.jobs,
-          unsafe_no_sandbox=args.unsafe_no_sandbox)
+          unsafe_no_sandbox=args.unsafe_no_sandbox, slurm_options=options)
+    return EXIT_PASS
+
+
+def _slurm_script(args) -> int:
+    from .slurm import sbatch_script
+
+    text = sbatch_script(args.script, args.args, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
+                         procs_per_node=args.procs_per_node, cpus_per_node=args.cpus_per_node, time=args.time,
+                         partition=args.partition, max_restarts=args.max_restarts,
+                         workdir=str(Path.cwd()))
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"wrote {args.out}: submit it with `sbatch {args.out}`")
+    else:
+        print(text, end="")
     return EXIT_PASS
 
 
@@ -150,7 +170,31 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--unsafe-no-sandbox", action="store_true",
                    help="grade even where no sandbox can be made (student code then runs with your rights; "
                         "every row of grades.csv says so)")
+    g.add_argument("--slurm", action="store_true", help="grade on a Slurm cluster: one array task per submission "
+                                                        "(run this on a login node; the folders must be shared)")
+    g.add_argument("--partition", help="--slurm: the partition to submit to")
+    g.add_argument("--gres", help="--slurm: each task's generic resources, e.g. gpu:2")
+    g.add_argument("--max-parallel", type=int, help="--slurm: at most this many tasks at once")
+    g.add_argument("--cpus-per-task", type=int, default=2,
+                   help="--slurm: cores per submission when no speed is measured (default 2; assignments that time "
+                        "a speed-up get a whole node each)")
+    g.add_argument("--sbatch-option", action="append", metavar="OPTION",
+                   help="--slurm: one more sbatch option, e.g. --sbatch-option=--account=cs101 (repeatable)")
     g.set_defaults(run=_grade)
+
+    s = sub.add_parser("slurm-script", help="write an sbatch script that runs a script with torchrun on several "
+                                            "nodes (c10d rendezvous on the first node)")
+    s.add_argument("script", help="the Python script, e.g. whoami.py")
+    s.add_argument("args", nargs="*", help="the script's own arguments (after --)")
+    s.add_argument("--nodes", type=int, default=2, help="nodes (default 2)")
+    s.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per node: one process each (default 0: CPU)")
+    s.add_argument("--procs-per-node", type=int, help="processes per node (default: --gpus-per-node, or 1)")
+    s.add_argument("--cpus-per-node", type=int, help="cores to ask for per node (default: one per process)")
+    s.add_argument("--time", default="00:30:00", help="time limit, HH:MM:SS (default 00:30:00)")
+    s.add_argument("--partition", help="the partition to submit to")
+    s.add_argument("--max-restarts", type=int, default=3, help="torchrun restarts after a failure (default 3)")
+    s.add_argument("--out", help="write the script to this file (default: print it)")
+    s.set_defaults(run=_slurm_script)
 
     v = sub.add_parser("verify-install", help="compare the grader's files with the install record (course grade "
                                               "does this before and during grading)")
@@ -200,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except ConfigError as exc:
-        print(f"course: {exc}" if type(exc).__name__ == "GradingRefused" else f"course: configuration error: {exc}",
+        print(f"course: {exc}" if isinstance(exc, Refused) else f"course: configuration error: {exc}",
               file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -41,6 +41,10 @@ class ConfigError(Exception):
     """A mistake in course.yaml; the message names the file and the key."""
 
 
+class Refused(ConfigError):
+    """Not a mistake in course.yaml: this machine cannot do what was asked; the message says why and what to do."""
+
+
 @dataclass(frozen=True)
 class Profile:
     name: str

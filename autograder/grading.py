@@ -1,8 +1,9 @@
 """`course grade`: collect submissions (folder or LMS zip), grade each in its own job, write feedback and grades.csv.
 
 Each (student, assignment) is graded by a `python -m autograder.gradejob` process (trusted:
-it runs no student code itself) pinned to its own cores (and GPUs); student code runs only in
-sandboxes it starts. The job sends its result (record and feedback page) back on its output;
+it runs no student code itself), on this machine pinned to its own cores (and GPUs), or on a
+Slurm node as a task of one job array (gradepool.py); student code runs only in sandboxes it
+starts. The job sends its result (record and feedback page) back on its output;
 this process, the only writer, validates it and writes OUT/records/<student>/<assignment>.json,
 OUT/feedback/<student>/<assignment>/ and OUT/grades.csv. An interrupted run loses nothing
 recorded, a re-run skips what is graded, and a submission that breaks the grader becomes a
@@ -19,27 +20,24 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 
-from . import install, machine, nbglue, sandbox
-from .config import Assignment, ConfigError, course_root
+from . import install, nbglue, sandbox, slurm
+from .config import Assignment, Refused, course_root
 from .course import load_course
 from .gradejob import RESULT_MARK
-from .launch import stop_tree
+from .gradepool import LocalPool, SlurmPool, log_path
 from .records import MANUAL, Record, record_path, verdicts_path, write_csv
 from .submissions import Submission, collect
 
-GRADING_TOKEN = "COURSE_GRADING_TOKEN"
 SUBMISSION_TIME_LIMIT = 40 * 60   # a whole submission: re-verification and the notebook, seconds
 RESULT_BYTES = 16 * 2**20         # a job's output read back (its last line is the result)
 
 
-class GradingRefused(ConfigError):
+class GradingRefused(Refused):
     """Grading cannot start safely here; the message says why and what to do."""
 
 
@@ -59,33 +57,12 @@ def _template(out: Path, assignment: Assignment) -> Path:
     return root
 
 
-def _start(sub: Submission, out: Path, cpus: set[int], gpus: str | None, lock: Path, hide: str, safe: bool) -> tuple:
-    token = uuid.uuid4().hex
-    log = open(out / "logs" / f"{sub.student}--{sub.assignment}.log", "wb")
-    env = {**os.environ, GRADING_TOKEN: token, machine.LOCK_ENV: str(lock), sandbox.HIDE_ENV: hide,
-           sandbox.MODE_ENV: "on" if safe else "off", "OMP_NUM_THREADS": str(max(1, len(cpus) // 2))}
-    if gpus is not None:
-        env["CUDA_VISIBLE_DEVICES"] = gpus
-    cmd = [sys.executable, "-m", "autograder.gradejob", str(out), sub.student, sub.assignment, str(sub.notebook)]
-    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True, preexec_fn=lambda: os.sched_setaffinity(0, cpus))
-    return proc, token, log, time.monotonic()
-
-
-def _stop(proc, token: str) -> None:
-    """Kill the job and everything it started (its sandboxes whatever session they moved to, processes that carry
-    its token); return once they are gone."""
-    left = stop_tree(proc, token=token, token_env=GRADING_TOKEN)
-    if left:
-        print(f"grading: processes {left} of a stopped job are still exiting", file=sys.stderr)
-
-
-def _result(out: Path, sub: Submission, late: bool, assignment: Assignment) -> tuple[Record, str | None, dict]:
+def _result(out: Path, sub: Submission, failure: str | None, assignment: Assignment) -> tuple[Record, str | None, dict]:
     """The record, feedback page and trusted verdicts the job sent, validated; or a "needs manual grading" record
-    saying why not."""
-    log = out / "logs" / f"{sub.student}--{sub.assignment}.log"
-    reason = f"grading took longer than {SUBMISSION_TIME_LIMIT // 60} min" if late else ""
-    if not late:
+    saying why not (`failure`: the pool's reason why the job left no result)."""
+    log = log_path(out, sub)
+    reason = failure or ""
+    if not failure:
         try:
             with open(log, "rb") as f:
                 f.seek(0, os.SEEK_END)
@@ -240,17 +217,24 @@ def _check_can_grade(unsafe: bool) -> None:
 
 
 def grade(submissions: str | Path, *, out: str | Path = "grading", assignments: list[str] | None = None,
-          jobs: int = 1, progress: bool = True, unsafe_no_sandbox: bool = False) -> Path:
-    """Grade every submission (skipping those already graded); returns the path of grades.csv."""
+          jobs: int = 1, progress: bool = True, unsafe_no_sandbox: bool = False,
+          slurm_options: slurm.SlurmOptions | None = None) -> Path:
+    """Grade every submission (skipping those already graded) on this machine, or as Slurm array tasks when
+    `slurm_options` is given; returns the path of grades.csv."""
     from tqdm.auto import tqdm
 
+    if slurm_options is not None:
+        slurm.require()
+        if unsafe_no_sandbox:
+            raise GradingRefused("--slurm grades only in a sandbox (every node checks that it can make one); "
+                                 "leave out --unsafe-no-sandbox")
     _check_can_grade(unsafe_no_sandbox)
     course = load_course()
     chosen = [course.assignment(i) for i in assignments] if assignments else [a for a in course.assignments if a.graded]
-    out = Path(out).resolve()
+    out, submissions = Path(out).resolve(), Path(submissions).resolve()   # jobs and sandboxes run elsewhere
     for sub in ("records", "verdicts", "logs", "feedback"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    subs = collect(Path(submissions), chosen, out)
+    subs = collect(submissions, chosen, out)
     for sub in (s for s in subs if s.problem):   # refused: graded in no one's name, the instructor decides
         refused, path = Record(sub.student, sub.assignment, "", MANUAL, flags=[f"{MANUAL}: {sub.problem}"]), \
             record_path(out, sub.student, sub.assignment)
@@ -264,12 +248,8 @@ def grade(submissions: str | Path, *, out: str | Path = "grading", assignments: 
         print("without a sandbox submissions are graded one at a time (so a changed file names its student)",
               file=sys.stderr)
         jobs = 1
-    slots = machine.split_cpus(jobs)
-    gpu_slots = machine.split_gpus(len(slots), _gpu_count()) if _gpu_count() else [None] * len(slots)
-    lock = out / ".machine.lock"
-    hide = os.pathsep.join(str(p) for p in (out, Path(submissions).resolve(), course_root()))
+    hide = os.pathsep.join(str(p) for p in (out, submissions, course_root()))
     assignments_by_id = {a.id: a for a in chosen}
-    running: dict[int, tuple] = {}
     with _StopRequest() as stop:
         try:
             with stop.interrupting():
@@ -277,25 +257,23 @@ def grade(submissions: str | Path, *, out: str | Path = "grading", assignments: 
                     _template(out, course.assignment(a))  # generated once, before jobs start copying it
         except KeyboardInterrupt:
             pass   # nbgrader and what it started are gone (run_nbgrader); no job has started
+        if slurm_options is not None:
+            pool = SlurmPool(out, slurm_options, hide, SUBMISSION_TIME_LIMIT,
+                             exclusive=_measures_speed({s.assignment for s in todo}, assignments_by_id))
+        else:
+            pool = LocalPool(out, jobs, hide, safe, SUBMISSION_TIME_LIMIT, gpus=_gpu_count())
         guard = None if safe else _Guard([course_root() / "source" / a.id / a.notebook for a in chosen]
                                          + [out / ".template", out / "records", out / "verdicts", out / "feedback"])
         bar = tqdm(total=len(subs), initial=len(subs) - len(todo), desc="grading", unit="submission",
                    disable=not progress)
         try:
-            while (todo or running) and not stop:
-                for slot in range(len(slots)):
-                    if slot not in running and todo:
-                        sub = todo.pop(0)
-                        running[slot] = (sub, *_start(sub, out, slots[slot], gpu_slots[slot], lock, hide, safe))
+            if not stop:
+                pool.add(todo)
+            while pool.busy and not stop:
                 time.sleep(0.2)
-                for slot, (sub, proc, token, log, started) in list(running.items()):
-                    late = time.monotonic() - started > SUBMISSION_TIME_LIMIT
-                    if proc.poll() is None and not late:
-                        continue
-                    _stop(proc, token)
-                    log.close()
-                    del running[slot]
-                    record, page, verdicts = _result(out, sub, late, assignments_by_id[sub.assignment])
+                for done in pool.poll():
+                    sub = done.sub
+                    record, page, verdicts = _result(out, sub, done.failure, assignments_by_id[sub.assignment])
                     if guard is not None:
                         changed = guard.restore_changes()
                         if changed:
@@ -303,8 +281,7 @@ def grade(submissions: str | Path, *, out: str | Path = "grading", assignments: 
                                                 f"these files outside the submission changed and were put back: "
                                                 + ", ".join(changed))
                     install.verify()   # a submission must not have changed the grader (InstallChanged stops here)
-                    own = record_path(out, sub.student, sub.assignment)
-                    record.save(own)
+                    record.save(record_path(out, sub.student, sub.assignment))
                     _write_feedback(out, sub, page)
                     _write_json(verdicts_path(out, sub.student, sub.assignment), verdicts)
                     if guard is not None:
@@ -314,9 +291,7 @@ def grade(submissions: str | Path, *, out: str | Path = "grading", assignments: 
         except install.InstallChanged as exc:
             raise GradingRefused(f"stopped grading: {exc}") from None
         finally:   # whatever ended the loop: no job outlives it, and the CSV has every record
-            for sub, proc, token, log, _ in running.values():
-                _stop(proc, token)
-                log.close()
+            pool.stop()
             bar.close()
             write_csv(out, course)
     if stop:
@@ -326,6 +301,13 @@ def grade(submissions: str | Path, *, out: str | Path = "grading", assignments: 
     path = write_csv(out, course)
     print(f"graded {len(subs)} submission(s): {path}; feedback in {out / 'feedback'}")
     return path
+
+
+def _measures_speed(assignment_ids: set[str], assignments: dict[str, Assignment]) -> bool:
+    """Whether any of these assignments has a check that times a speed-up (it needs a machine to itself)."""
+    from . import checks
+
+    return any(checks.get(e.id).measures_speed for a in assignment_ids for e in assignments[a].exercises)
 
 
 def _gpu_count() -> int:

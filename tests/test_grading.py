@@ -30,6 +30,7 @@ import html
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -517,3 +518,98 @@ def test_interrupt_keeps_recorded_grades(mini, tmp_path, stop):
     assert not (out / "records" / "honest" / "mini.json").exists()
     rows = {r["student"]: r for r in csv.DictReader(open(out / "grades.csv"))}
     assert set(rows) == {"blank"}
+
+
+# ------------------------------------------------------------------ the same class through Slurm
+
+SLURM_CLASS = ("honest", "blank", "persist")    # graded above on this machine, and again through Slurm
+ASLEEP = "import time\ntime.sleep(3600)  # longer than any time limit\n"
+
+
+def _shorten_limit_of_asleep(out: Path, env: dict, done: set) -> None:
+    """Give the `asleep` task of every array submitted so far a 1-minute limit (the array's is 40 min): Slurm counts
+    limits in whole minutes, so the honest students keep their margin on a busy machine and this one is killed."""
+    for job_file in out.glob("slurm/*/job"):
+        if job_file in done:
+            continue
+        tasks = json.loads((job_file.parent / "tasks.json").read_text())["tasks"]
+        index = next(i for i, t in enumerate(tasks) if t["student"] == "asleep")
+        subprocess.run(["scontrol", "update", f"JobId={job_file.read_text().strip()}_{index}", "TimeLimit=1"],
+                       env=env, check=True, capture_output=True, timeout=60)
+        done.add(job_file)
+
+
+@pytest.fixture(scope="module")
+def slurm_graded(mini, tmp_path_factory):
+    """honest, blank, persist and `asleep` (a cell that sleeps) graded with `course grade --slurm` on a local one-node
+    Slurm, from relative paths as an instructor types them: interrupted with Ctrl-C once the first grade is recorded,
+    then run again to the end. About 2.5 min."""
+    import slurm_cluster
+    from autograder import slurm
+
+    why = slurm_cluster.why_not()
+    if why:
+        pytest.skip(why)
+    folder = tmp_path_factory.mktemp("slurm-class")
+    subs = folder / "subs"
+    for student in SLURM_CLASS:
+        (subs / student).mkdir(parents=True)
+        shutil.copytree(mini["subs"] / student / gc.ASSIGNMENT, subs / student / gc.ASSIGNMENT)
+    release_nb = mini["root"] / "release" / gc.ASSIGNMENT / f"{gc.ASSIGNMENT}.ipynb"
+    (subs / "asleep" / gc.ASSIGNMENT).mkdir(parents=True)
+    (subs / "asleep" / gc.ASSIGNMENT / f"{gc.ASSIGNMENT}.ipynb").write_text(
+        json.dumps(gc.submission(release_nb, SOLUTION, [ASLEEP])))
+    command = [sys.executable, "-m", "autograder.cli", "grade", "subs", "--out", "out", "--slurm",
+               "--cpus-per-task", "1"]
+    seen: dict = {}
+    with slurm_cluster.local_cluster(folder / "cluster") as cluster:
+        env = {**os.environ, **cluster, "COURSE_TEST_ID": mini["tag"]}   # every process it starts carries the tag
+        shortened: set = set()
+        first = subprocess.Popen(command, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 text=True)
+        deadline = time.monotonic() + 400
+        while not list((folder / "out" / "records").glob("*/*.json")) and time.monotonic() < deadline:
+            _shorten_limit_of_asleep(folder / "out", env, shortened)
+            time.sleep(0.5)
+        seen["recorded_before_interrupt"] = sorted(p.parent.name for p in (folder / "out/records").glob("*/*.json"))
+        first.send_signal(signal.SIGINT)
+        asked = time.monotonic()
+        seen["interrupted_output"] = first.communicate(timeout=120)[0]
+        seen["interrupt_seconds"], seen["interrupt_code"] = time.monotonic() - asked, first.returncode
+        first_job = next(iter(shortened)).read_text().strip()
+        seen["left_running"] = {i: s for i, (s, _) in (slurm.task_states(first_job) or {}).items()
+                                if s in slurm.STILL_RUNNING}
+        second = subprocess.Popen(command, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True)
+        while second.poll() is None:
+            _shorten_limit_of_asleep(folder / "out", env, shortened)
+            time.sleep(0.5)
+        seen["output"], seen["code"] = second.communicate()[0], second.returncode
+        seen["arrays"] = sorted(len(json.loads((f.parent / "tasks.json").read_text())["tasks"]) for f in shortened)
+        seen["leftovers"] = processes_with_env("COURSE_TEST_ID", mini["tag"])
+    rows = {r["student"]: r for r in csv.DictReader(open(folder / "out" / "grades.csv"))}
+    return dict(seen, rows=rows, out=folder / "out")
+
+
+def test_a_class_graded_through_slurm_gets_the_local_grades(slurm_graded, graded):
+    assert slurm_graded["code"] == 0, slurm_graded["output"]
+    for student in SLURM_CLASS:
+        mine, local = slurm_graded["rows"][student], graded["rows"][student]
+        assert (points(mine), mine["flags"]) == (points(local), local["flags"]), (student, mine, local)
+    assert slurm_graded["leftovers"] == []
+
+
+def test_a_task_that_slurm_kills_is_a_manual_grading_row_with_slurms_reason(slurm_graded):
+    flags = slurm_graded["rows"]["asleep"]["flags"]
+    assert "needs manual grading" in flags and "Slurm ended the grading task: TIMEOUT" in flags, flags
+    assert "DUE TO TIME LIMIT" in flags, flags
+
+
+def test_ctrl_c_cancels_the_array_and_a_rerun_sends_only_what_is_not_recorded(slurm_graded):
+    recorded = slurm_graded["recorded_before_interrupt"]
+    assert slurm_graded["interrupt_code"] == 130 and slurm_graded["interrupt_seconds"] < 70, slurm_graded
+    assert "interrupted (SIGINT)" in slurm_graded["interrupted_output"]
+    assert slurm_graded["left_running"] == {}, "tasks of the cancelled array still ran"
+    assert recorded and slurm_graded["arrays"] == [4 - len(recorded), 4], slurm_graded["arrays"]
+    for student in recorded:   # kept, and not graded again
+        assert slurm_graded["rows"][student]["flags"] == "", slurm_graded["rows"][student]
