@@ -30,6 +30,7 @@ from .config import Assignment, Refused, course_root
 from .course import load_course
 from .gradejob import RESULT_MARK
 from .gradepool import LocalPool, SlurmPool, log_path
+from .guard import FileGuard
 from .records import MANUAL, Record, record_path, verdicts_path, write_csv
 from .submissions import Submission, collect
 
@@ -108,51 +109,6 @@ def _write_feedback(out: Path, sub: Submission, page: str | None) -> None:
 
 
 # ------------------------------------------------------------------ many submissions
-
-class _Guard:
-    """Without a sandbox (--unsafe-no-sandbox): files no submission may change, put back when one did.
-
-    Source notebooks, the nbgrader templates and the records: student code runs as the
-    grader's user then, so it can write anywhere the grader can. The parent keeps a copy and,
-    after each submission (one at a time without a sandbox, so the culprit is known), puts
-    back what changed and flags that submission, naming the files.
-    """
-
-    def __init__(self, roots: list[Path]):
-        self.roots = roots
-        self.saved: dict[Path, bytes] = {}
-        for path in self._files():
-            self.accept(path)
-
-    def _files(self) -> list[Path]:
-        return [p for root in self.roots for p in ([root] if root.is_file() else root.rglob("*")) if p.is_file()]
-
-    def accept(self, path: Path) -> None:
-        self.saved[path] = path.read_bytes()
-
-    def accept_all(self) -> None:
-        """After the parent wrote a record and a feedback page: they are the new state to keep."""
-        self.saved = {path: path.read_bytes() for path in self._files()}
-
-    def restore_changes(self) -> list[str]:
-        """Put back every changed file; the names of those that changed."""
-        changed = []
-        for path in set(self._files()) | set(self.saved):
-            old = self.saved.get(path)
-            try:
-                new = path.read_bytes()
-            except OSError:
-                new = None
-            if new == old:
-                continue
-            changed.append(str(path))
-            if old is None:
-                path.unlink()
-            else:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(old)
-        return sorted(changed)
-
 
 class _StopRequest:
     """Ctrl-C (SIGINT), `kill` (SIGTERM) and a closed terminal (SIGHUP) ask grading to stop.
@@ -262,7 +218,7 @@ def grade(submissions: str | Path, *, out: str | Path = "grading", assignments: 
                              exclusive=_measures_speed({s.assignment for s in todo}, assignments_by_id))
         else:
             pool = LocalPool(out, jobs, hide, safe, SUBMISSION_TIME_LIMIT, gpus=_gpu_count())
-        guard = None if safe else _Guard([course_root() / "source" / a.id / a.notebook for a in chosen]
+        guard = None if safe else FileGuard([course_root() / "source" / a.id / a.notebook for a in chosen]
                                          + [out / ".template", out / "records", out / "verdicts", out / "feedback"])
         bar = tqdm(total=len(subs), initial=len(subs) - len(todo), desc="grading", unit="submission",
                    disable=not progress)

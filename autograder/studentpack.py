@@ -21,7 +21,7 @@ from .course import load_course, require_checks
 
 # The instructor's side of the package: grading, releasing, benchmarking, making this pack.
 INSTRUCTOR_ONLY = {"bench.py", "feedback.py", "gpuproof.py", "gradejob.py", "gradepool.py", "grading.py", "install.py",
-                   "nbglue.py", "nbrun.py", "records.py", "reverify.py", "slurmtask.py", "studentpack.py",
+                   "guard.py", "nbglue.py", "nbrun.py", "records.py", "reverify.py", "slurmtask.py", "studentpack.py",
                    "submissions.py"}
 PACK_FILES = REPO_ROOT / "pack"   # README, Makefile, Dockerfile and .gitignore written for students
 
