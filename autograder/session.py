@@ -8,9 +8,8 @@ possible), and then talks to each rank on the connection that rank opened first:
     task (inputs_r) ->  outputs_r | error        per task, this rank's inputs only
 
 Times are taken here, from outside: a task starts when the last rank's inputs were sent
-and ends when the last reply arrived. Peak memory is read from /proc/<pid>/status of each
-rank (the pid the kernel reports for the connection, not one the rank claims), and on NCCL
-jobs also the GPU memory NVML reports for that pid (gpumemory.py).
+and ends when the last reply arrived. Memory and bytes on the wire are read from outside too
+(meter.py), of the pid the kernel reports for each rank's connection, not one the rank claims.
 """
 from __future__ import annotations
 
@@ -27,15 +26,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import gpumemory, launch, policy, sandbox
+from . import launch, policy, sandbox
 from .config import Profile
 from .jobfolder import JobFolder
+from .meter import MemoryWindow, loopback_bytes
 from .rank import wire
 
 OUTPUT_LIMIT = 64 * 2**20     # bytes a rank may print (beyond: SIGXFSZ, reported as flooding)
 REPLY_LIMIT = 256 * 2**20     # bytes of one rank's reply
 MEMORY_POLL = 0.02            # seconds between /proc reads while a task runs with memory measured
-TREE_POLL = 0.2               # seconds between reads of which processes each rank started (a scan of /proc)
 
 
 @dataclass
@@ -86,27 +85,8 @@ class _Rank:
         self.closed = False
 
 
-def _memory(pid: int) -> tuple[int, int]:
-    """(VmRSS, RssAnon + RssShmem) of a process in bytes, read from /proc/<pid>/status; (0, 0) if it is gone."""
-    values = {}
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                key, _, rest = line.partition(":")
-                if key in ("VmRSS", "RssAnon", "RssShmem"):
-                    values[key] = int(rest.split()[0]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return values.get("VmRSS", 0), values.get("RssAnon", 0) + values.get("RssShmem", 0)
-
-
 class Job:
     """Start with `start()`, run tasks with `run()`, always `close()` (or use `with`)."""
-
-    # Which processes each rank has (rank pid -> its process tree), re-read every TREE_POLL s (_rank_memory);
-    # replaced, never changed in place.
-    _trees: dict[int, set[int]] = {}
-    _tree_read = 0.0
 
     def __init__(self, *, world_size: int, profile: Profile, module: str | None, sources: Path | dict | None,
                  label: str = "check", local: bool = False, nnodes: int = 1, cpus: set[int] | None = None,
@@ -228,72 +208,29 @@ class Job:
         # stops reading its socket can neither freeze the harness nor start the clock late.
         if part != "import":   # the import counts from the launch
             started = time.monotonic()
-        peaks, private = [0] * self.world_size, [0] * self.world_size
-        self._tree_read = 0.0   # re-read which processes each rank has
-        starts = [self._rank_memory(self.ranks[r].pid) if r in self.ranks else (0, 0)
-                  for r in range(self.world_size)] if measure_memory else []
+        window = MemoryWindow({r: h.pid for r, h in self.ranks.items()}, self.world_size,
+                              device=self.profile.backend == "nccl") if measure_memory else None
         for rank, message in sorted(zip(range(self.world_size), messages)):
             handle = self.ranks.get(rank)
             if handle is not None and not handle.closed:
                 handle.outbox = memoryview(wire.frame(message))   # sliced as it goes out, never copied
                 self._write(handle)
-        on_device = measure_memory and self.profile.backend == "nccl"
-        device = self._device_memory() if on_device else []
-        start_device = list(device)
-        memory = (lambda: self._poll_memory(peaks, private, device if on_device else None)) if measure_memory \
-            else None
-        self._pump(deadline, lambda: all(h.inbox or h.closed for h in self.ranks.values()), tick=memory)
-        result = self._result(part, started, deadline, peaks)
+        self._pump(deadline, lambda: all(h.inbox or h.closed for h in self.ranks.values()),
+                   tick=window.poll if window else None)
+        result = self._result(part, started, deadline, window.peak_rss if window else [0] * self.world_size)
         result.unread = [r for r, h in sorted(self.ranks.items()) if h.outbox and not h.closed]
         for handle in self.ranks.values():
             handle.outbox = b""
             self._watch(handle)
-        result.start_rss, result.start_private = [s[0] for s in starts], [s[1] for s in starts]
-        result.peak_private = private if measure_memory else []
-        result.start_device, result.peak_device = start_device, device
+        if window:
+            result.start_rss, result.start_private, result.peak_private = (window.start_rss, window.start_private,
+                                                                           window.peak_private)
+            result.start_device, result.peak_device = window.start_device, window.peak_device
         return result
 
     def loopback_bytes(self) -> int | None:
-        """Bytes sent so far over the loopback of the job's network namespace (every rank's, it is theirs alone:
-        the sandbox unshares the network), from /proc/<rank>/net/dev; None where it cannot be read."""
-        handle = next(iter(self.ranks.values()), None)
-        try:
-            with open(f"/proc/{handle.pid}/net/dev") as f:
-                for line in f:
-                    name, _, counters = line.partition(":")
-                    if name.strip() == "lo":
-                        return int(counters.split()[8])   # receive: 8 counters, then transmit bytes
-        except (AttributeError, OSError, ValueError, IndexError):
-            pass
-        return None
-
-    def _device_memory(self) -> list[int]:
-        """Bytes of GPU memory each rank's process tree uses now, from NVML (0 for a rank that holds none); the
-        trees are those _rank_memory read last."""
-        used = gpumemory.read()
-        return [sum(used.get(p, 0) for p in self._trees.get(self.ranks[r].pid, {self.ranks[r].pid}))
-                if r in self.ranks else 0 for r in range(self.world_size)]
-
-    def _rank_memory(self, pid: int) -> tuple[int, int]:
-        """(VmRSS, RssAnon + RssShmem) summed over the rank's process tree (pages a fork shares count twice: a
-        learner who forks is measured high, never low)."""
-        now = time.monotonic()
-        if now - self._tree_read >= TREE_POLL:
-            self._trees = launch.trees([h.pid for h in self.ranks.values()])
-            self._tree_read = now
-        sizes = [_memory(p) for p in self._trees.get(pid, {pid})]
-        return sum(m[0] for m in sizes), sum(m[1] for m in sizes)
-
-    def _poll_memory(self, peaks: list[int], private: list[int] | None = None, device: list[int] | None = None):
-        """A rank's memory is that of everything it started (its process tree, re-read every TREE_POLL s): work
-        moved into a forked child is counted where it belongs."""
-        for rank, handle in self.ranks.items():
-            rss, held = self._rank_memory(handle.pid)
-            peaks[rank] = max(peaks[rank], rss)
-            if private is not None:
-                private[rank] = max(private[rank], held)
-        if device is not None:
-            device[:] = [max(a, b) for a, b in zip(device, self._device_memory())]
+        """Bytes sent so far over the job's own loopback (meter.loopback_bytes); None where it cannot be read."""
+        return loopback_bytes(next((h.pid for h in self.ranks.values()), None))
 
     def _result(self, part: str, started: float, deadline: float, peaks: list[int] | None = None) -> TaskResult:
         outcomes: list[RankOutcome | None] = []

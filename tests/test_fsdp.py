@@ -243,28 +243,26 @@ def test_gpu_memory_is_read_the_same_way_from_nvmls_figures():
 
 
 def test_the_job_polls_each_ranks_gpu_memory_by_the_pid_the_kernel_reported(monkeypatch):
-    from autograder import gpumemory, session
+    from autograder import gpumemory, meter
 
-    job = session.Job.__new__(session.Job)
-    job.world_size, job.ranks = 3, {0: session._Rank(None, 101), 1: session._Rank(None, 102)}   # rank 2: gone
+    monkeypatch.setattr(meter, "process_memory", lambda pid: (0, 0))
+    monkeypatch.setattr(meter.launch, "trees", lambda pids: {p: {p} for p in pids})
     readings = iter([{101: 10, 102: 20, 999: 10**9}, {101: 50, 102: 5}])   # pid 999: not a rank of this job
     monkeypatch.setattr(gpumemory, "read", lambda: next(readings))
-    assert job._device_memory() == [10, 20, 0]
-    peaks, device = [0] * 3, [10, 20, 0]
-    monkeypatch.setattr(session, "_memory", lambda pid: (0, 0))
-    job._poll_memory(peaks, None, device)
-    assert device == [50, 20, 0]   # the most seen per rank
+    window = meter.MemoryWindow({0: 101, 1: 102}, 3, device=True)   # rank 2: gone
+    assert window.start_device == [10, 20, 0]
+    window.poll()
+    assert window.peak_device == [50, 20, 0]   # the most seen per rank
 
 
 def test_a_ranks_gpu_memory_counts_the_processes_it_started(monkeypatch):
     """A rank that trains in a child process: the child's device memory is the rank's (its process tree)."""
-    from autograder import gpumemory, session
+    from autograder import gpumemory, meter
 
-    job = session.Job.__new__(session.Job)
-    job.world_size, job.ranks = 2, {0: session._Rank(None, 101), 1: session._Rank(None, 102)}
-    job._trees = {101: {101, 201}, 102: {102}}   # rank 0's driver started pid 201
+    monkeypatch.setattr(meter, "process_memory", lambda pid: (0, 0))
+    monkeypatch.setattr(meter.launch, "trees", lambda pids: {101: {101, 201}, 102: {102}})   # rank 0 started 201
     monkeypatch.setattr(gpumemory, "read", lambda: {101: 10, 201: 300, 102: 20})
-    assert job._device_memory() == [310, 20]
+    assert meter.MemoryWindow({0: 101, 1: 102}, 2, device=True).start_device == [310, 20]
 
 
 def test_nvml_process_lists_are_read_with_a_second_call_when_the_first_is_too_small():

@@ -141,7 +141,7 @@ def memory_added(result, baseline, backend: str) -> list[int] | None:
 
 
 def _source(backend: str) -> str:
-    """Where the memory figures come from: every process each rank started counts (session.Job._poll_memory)."""
+    """Where the memory figures come from: every process each rank started counts (meter.MemoryWindow)."""
     return ("NVML, the GPU driver, summed over each rank's processes" if backend == "nccl" else
             "/proc, summed over each rank's process tree")
 
