@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from autograder import gpuproof
+from autograder import gpuproof, gpuproof_steps
 from autograder.cli import main
 from autograder.course import load_course
 
@@ -66,6 +66,6 @@ def test_a_short_cpu_run_passes_the_solution_and_fails_the_mistake(tmp_path, cap
 def test_the_data_step_reports_the_figures_of_the_dataset_it_prepared(tmp_path):
     """It reads what `course data` writes (eurosat.data.MANIFEST): name, source and number of images."""
     step = gpuproof.Step("data", "data", "cpu", 300, {"source": "synthetic", "images_per_class": 20})
-    outcome = gpuproof._data(step, tmp_path)
+    outcome = gpuproof_steps._data(step, tmp_path)
     assert outcome.status == "passed", outcome
     assert outcome.figures["images"] == 200 and outcome.figures["dataset"] and outcome.figures["source"], outcome
