@@ -107,7 +107,8 @@ def _verify_install(args) -> int:
 
 
 def _data(args) -> int:
-    from eurosat.data import DataError, prepare
+    from eurosat.data import DataError
+    from eurosat.prepare import prepare
 
     try:
         prepare(source=args.source, archive=args.archive, images_per_class=args.images_per_class,

@@ -1,13 +1,15 @@
-"""EuroSAT data: prepare it (real download, a given archive, or an offline synthetic stand-in) and load splits."""
+"""EuroSAT data as the notebooks and scripts load it: train/validation/test splits of the prepared dataset, and
+the synthetic set generated in memory.
+
+Making the dataset (download, a given archive, or the offline synthetic PNGs) is `prepare.py`
+(`course data` calls it); the synthetic images' generator is `synthetic.py`.
+"""
 from __future__ import annotations
 
 import hashlib
 import json
 import math
 import os
-import shutil
-import socket
-import threading
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
@@ -28,7 +30,6 @@ SYNTHETIC_NAME = "synthetic EuroSAT-like"
 SYNTHETIC_FOLDER = "eurosat-synthetic"
 REAL_FOLDER = "eurosat"                 # torchvision's layout: <root>/eurosat/2750/<class>/*.jpg
 DOWNLOAD_HOST = "huggingface.co"        # where torchvision.datasets.EuroSAT downloads from
-GENERATOR_VERSION = 1                   # bump when the synthetic images change
 FIX = ("Run `course data` in a terminal (or `course data --archive PATH/EuroSAT.zip` "
        "for the real EuroSAT archive)")
 
@@ -139,7 +140,7 @@ def _read_manifest(root: Path) -> dict:
         if (root / REAL_FOLDER / "2750").is_dir():      # extracted by hand, torchvision's layout
             return {"name": REAL_NAME, "folder": f"{REAL_FOLDER}/2750"}
         raise DataError(f"No EuroSAT dataset in {root} (no {MANIFEST}). {FIX}, "
-                        "or call eurosat.data.prepare() in the notebook.")
+                        "or call eurosat.prepare.prepare() in the notebook.")
     try:
         manifest = json.loads(path.read_text())
         manifest["folder"]
@@ -230,338 +231,16 @@ def _decode_one(path: Path) -> torch.Tensor:
                         f"{FIX.replace('course data', 'course data --force')}.") from None
 
 
-# --------------------------------------------------------------------------- prepare
-
-
-def prepare(root: str | Path | None = None, *, source: str = "auto", archive: str | Path | None = None,
-            images_per_class: int = DEFAULT_IMAGES_PER_CLASS, seed: int = 0, force: bool = False,
-            progress: bool = True) -> Path:
-    """Make a dataset ready under `root` (default data_root()) and return `root`.
-
-    source="auto": the real EuroSAT from `archive` if given, else downloaded through
-    torchvision if the download server answers within seconds, else the synthetic set.
-    source="synthetic": the deterministic offline EuroSAT-like set (`images_per_class`
-    PNGs per class, from `seed`). source="eurosat": the real one or a DataError.
-    Idempotent: a prepared dataset (its manifest is written last) that answers the request is
-    kept unless `force`: the real EuroSAT answers "auto"; a synthetic set answers a request
-    for the same size and seed. Prints which dataset is ready and how many images it has.
-    """
-    if source not in ("auto", "synthetic", "eurosat"):
-        raise ValueError(f"source must be 'auto', 'synthetic' or 'eurosat', got {source!r}")
-    root = Path(root) if root is not None else data_root()
-    root.mkdir(parents=True, exist_ok=True)
-    current = _current(root)
-    if current and not force:
-        if _satisfies(current, source, archive is not None, images_per_class, seed):
-            print(f"Dataset ready: {current['name']}, {current['n_images']:,} images in "
-                  f"{root} (already prepared; use --force / force=True to rebuild).")
-            return root
-        print(f"Replacing the prepared {current['name']} ({current['n_images']:,} images): another dataset "
-              "was asked for.")
-
-    shutil.rmtree(root / ".cache", ignore_errors=True)   # decoded images of the dataset being replaced
-    extracted = _find_class_folder(root / REAL_FOLDER) if (root / REAL_FOLDER).is_dir() else None
-    if archive is not None:
-        manifest = _from_archive(root, Path(archive), progress)
-    elif source in ("auto", "eurosat") and extracted is not None:     # unpacked by hand, or downloaded before
-        manifest = {"name": REAL_NAME, "kind": "eurosat", "source": "found extracted",
-                    "folder": extracted.relative_to(root).as_posix(), "n_images": len(_list_images(extracted)[0])}
-    elif source in ("auto", "eurosat") and _reachable(DOWNLOAD_HOST):
-        try:
-            manifest = _download(root)
-        except Exception as exc:
-            if source == "eurosat":
-                raise DataError(f"Downloading EuroSAT failed ({exc}). Download EuroSAT.zip elsewhere and run "
-                                "`course data --archive PATH/EuroSAT.zip`.") from None
-            print(f"Downloading EuroSAT failed ({exc}); generating the synthetic stand-in instead.")
-            manifest = _write_synthetic(root, images_per_class, seed, progress)
-    elif source == "eurosat":
-        raise DataError(f"Cannot reach {DOWNLOAD_HOST} to download EuroSAT. Download EuroSAT.zip elsewhere "
-                        "and run `course data --archive PATH/EuroSAT.zip`.")
-    else:
-        if source == "auto":
-            print(f"EuroSAT cannot be downloaded here ({DOWNLOAD_HOST} unreachable) and no --archive was "
-                  "given: generating the synthetic EuroSAT-like stand-in.")
-        manifest = _write_synthetic(root, images_per_class, seed, progress)
-    _save_manifest(root, manifest)
-    print(f"Dataset ready: {manifest['name']}, {manifest['n_images']:,} images in "
-          f"{root / manifest['folder'] if not Path(manifest['folder']).is_absolute() else manifest['folder']}.")
-    return root
-
-
-def _satisfies(current: dict, source: str, archive: bool, images_per_class: int, seed: int) -> bool:
-    """Does the prepared dataset answer this request? (Then prepare() leaves it alone.)"""
-    if current.get("kind") == "eurosat":
-        return source != "synthetic"          # the real one answers "auto" and "eurosat", archive or not
-    if archive or source == "eurosat":
-        return False
-    return (current.get("images_per_class"), current.get("seed"), current.get("generator_version")) == (
-        images_per_class, seed, GENERATOR_VERSION)
-
-
-def _current(root: Path) -> dict | None:
-    try:
-        manifest = json.loads((root / MANIFEST).read_text())
-        return manifest if "n_images" in manifest and "folder" in manifest else None
-    except (OSError, ValueError):
-        return None
-
-
-def _save_manifest(root: Path, manifest: dict) -> None:
-    manifest = {**manifest, "classes": list(CLASSES)}
-    tmp = root / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, root / MANIFEST)
-
-
-def _reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
-    """True if a TCP connection opens within `timeout` s (DNS included, hence the thread)."""
-    ok: list[bool] = []
-
-    def probe():
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            ok.append(True)
-        except OSError:
-            pass
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(ok)
-
-
-def _download(root: Path) -> dict:
-    from torchvision.datasets import EuroSAT
-
-    (root / MANIFEST).unlink(missing_ok=True)
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(30)           # a stalled connection fails instead of hanging forever
-    try:
-        dataset = EuroSAT(str(root), download=True)
-    except BaseException:
-        shutil.rmtree(root / REAL_FOLDER, ignore_errors=True)
-        raise
-    finally:
-        socket.setdefaulttimeout(previous)
-    return {"name": REAL_NAME, "kind": "eurosat", "source": "torchvision download",
-            "folder": f"{REAL_FOLDER}/2750", "n_images": len(dataset)}
-
-
-def _from_archive(root: Path, archive: Path, progress: bool) -> dict:
-    """The real EuroSAT RGB from a zip/tar (extracted under <root>/eurosat) or an extracted folder."""
-    if not archive.exists():
-        raise DataError(f"The archive {archive} does not exist. Give the path of the EuroSAT RGB zip "
-                        "(EuroSAT.zip or EuroSAT_RGB.zip): `course data --archive PATH`.")
-    (root / MANIFEST).unlink(missing_ok=True)
-    if archive.is_dir():
-        folder = _find_class_folder(archive)
-        if folder is None:
-            raise DataError(f"{archive} has no EuroSAT class folders ({CLASSES[0]}, {CLASSES[1]}, ...).")
-        record = str(folder.resolve())
-    else:
-        from torchvision.datasets.utils import extract_archive
-
-        target = root / REAL_FOLDER
-        shutil.rmtree(target, ignore_errors=True)
-        print(f"Extracting {archive} ...")
-        try:
-            extract_archive(str(archive), str(target))
-        except Exception as exc:
-            shutil.rmtree(target, ignore_errors=True)
-            raise DataError(f"Cannot extract {archive} ({exc}): is it the EuroSAT RGB zip?") from None
-        folder = _find_class_folder(target)
-        if folder is None:
-            shutil.rmtree(target, ignore_errors=True)
-            raise DataError(f"{archive} has no EuroSAT class folders ({CLASSES[0]}, {CLASSES[1]}, ...): "
-                            "is it the EuroSAT RGB zip (not the multispectral one)?")
-        record = folder.relative_to(root).as_posix()
-    files, _ = _list_images(folder)
-    return {"name": REAL_NAME, "kind": "eurosat", "source": f"archive {archive}", "folder": record,
-            "n_images": len(files)}
-
-
-def _find_class_folder(top: Path, depth: int = 3) -> Path | None:
-    if all((top / c).is_dir() for c in CLASSES):
-        return top
-    if depth == 0:
-        return None
-    for child in sorted(p for p in top.iterdir() if p.is_dir()):
-        found = _find_class_folder(child, depth - 1)
-        if found is not None:
-            return found
-    return None
-
-
-def _write_synthetic(root: Path, images_per_class: int, seed: int, progress: bool) -> dict:
-    from PIL import Image
-
-    from .train import progress_bar
-
-    if images_per_class < 1:
-        raise ValueError(f"images_per_class must be positive, got {images_per_class}")
-    (root / MANIFEST).unlink(missing_ok=True)
-    target = root / SYNTHETIC_FOLDER
-    shutil.rmtree(target, ignore_errors=True)
-    bar = progress_bar(None, total=images_per_class * len(CLASSES), desc="Generating synthetic EuroSAT",
-                       unit="img", enabled=progress)
-    for label, name in enumerate(CLASSES):
-        (target / name).mkdir(parents=True)
-        images = _class_images(label, images_per_class, seed)
-        for i, image in enumerate(images.permute(0, 2, 3, 1).numpy()):
-            # fixed PNG settings and no metadata: the same seed gives the same bytes
-            Image.fromarray(image).save(target / name / f"{name}_{i + 1}.png", compress_level=6)
-            bar.update(1)
-    bar.close()
-    return {"name": SYNTHETIC_NAME, "kind": "synthetic", "source": "generated offline",
-            "folder": SYNTHETIC_FOLDER, "n_images": images_per_class * len(CLASSES),
-            "images_per_class": images_per_class, "seed": seed, "generator_version": GENERATOR_VERSION}
-
-
-# --------------------------------------------------------------------------- synthetic images
-
-
 def synthetic_tensors(n: int, *, seed: int = 0, size: int = IMAGE_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
     """`n` synthetic EuroSAT-like images in memory: (float (n, 3, size, size) in [0, 1], int64 labels).
 
     Balanced labels (counts differ by at most one), in a seeded shuffled order; the same
     generator as the PNGs that `prepare(source="synthetic")` writes.
     """
+    from .synthetic import class_images
+
     counts = [n // len(CLASSES) + (c < n % len(CLASSES)) for c in range(len(CLASSES))]
-    images = torch.cat([_class_images(c, k, seed, size) for c, k in enumerate(counts)])
+    images = torch.cat([class_images(c, k, seed, size) for c, k in enumerate(counts)])
     labels = torch.cat([torch.full((k,), c, dtype=torch.int64) for c, k in enumerate(counts)])
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return images[order].float() / 255, labels[order]
-
-
-# Per-class palettes (RGB in [0, 1]): (colour A, colour B). Neighbouring classes share colours on
-# purpose (vegetation greens, built-up greys, water blues), so colour alone does not decide.
-_PALETTES = {
-    "AnnualCrop": ((0.55, 0.47, 0.33), (0.36, 0.48, 0.26)),
-    "Forest": ((0.10, 0.22, 0.12), (0.20, 0.34, 0.18)),
-    "HerbaceousVegetation": ((0.30, 0.40, 0.22), (0.48, 0.46, 0.30)),
-    "Highway": ((0.40, 0.44, 0.30), (0.62, 0.61, 0.60)),
-    "Industrial": ((0.45, 0.44, 0.44), (0.72, 0.70, 0.68)),
-    "Pasture": ((0.38, 0.50, 0.26), (0.46, 0.55, 0.32)),
-    "PermanentCrop": ((0.52, 0.45, 0.32), (0.28, 0.42, 0.20)),
-    "Residential": ((0.42, 0.40, 0.36), (0.66, 0.50, 0.44)),
-    "River": ((0.34, 0.44, 0.26), (0.16, 0.26, 0.34)),
-    "SeaLake": ((0.08, 0.18, 0.30), (0.16, 0.28, 0.38)),
-}
-# Which class's texture leaks into which (as in the real data: crops vs orchards, meadow vs shrub, ...).
-_CONFUSED_WITH = {
-    "AnnualCrop": "PermanentCrop", "Forest": "HerbaceousVegetation", "HerbaceousVegetation": "Pasture",
-    "Highway": "River", "Industrial": "Residential", "Pasture": "HerbaceousVegetation",
-    "PermanentCrop": "AnnualCrop", "Residential": "Industrial", "River": "Highway", "SeaLake": "River",
-}
-
-
-class _Draw:
-    """Vectorised texture primitives for a batch of `n` images; every draw uses the same generator."""
-
-    def __init__(self, n: int, size: int, g: torch.Generator):
-        self.n, self.size, self.g = n, size, g
-        axis = torch.linspace(0, 1, size)
-        self.y, self.x = axis.view(1, size, 1), axis.view(1, 1, size)
-
-    def uniform(self, lo, hi, *shape):
-        return lo + (hi - lo) * torch.rand(self.n, *shape, generator=self.g)
-
-    def smooth(self, cells: int, mode: str = "bilinear") -> torch.Tensor:
-        """(n, size, size) noise with about `cells` features across: upsampled coarse Gaussian noise."""
-        coarse = torch.randn(self.n, 1, cells + 1, cells + 1, generator=self.g)
-        kw = {"align_corners": False} if mode == "bilinear" else {}
-        up = torch.nn.functional.interpolate(coarse, size=(self.size, self.size), mode=mode, **kw)
-        return up[:, 0]
-
-    def direction(self):
-        angle = self.uniform(0, math.pi, 1, 1)
-        return torch.cos(angle), torch.sin(angle)
-
-    def stripes(self, period_px: tuple[float, float]) -> torch.Tensor:
-        """Oriented sine stripes in [-1, 1], random angle, period and phase per image."""
-        c, s = self.direction()
-        freq = self.size / self.uniform(*period_px, 1, 1)
-        phase = self.uniform(0, 2 * math.pi, 1, 1)
-        return torch.sin(2 * math.pi * freq * (self.x * c + self.y * s) + phase)
-
-    def band(self, width_px: tuple[float, float], curve: float) -> torch.Tensor:
-        """A soft band (road, river) through the image: 1 on the band, 0 away from it."""
-        c, s = self.direction()
-        offset = self.uniform(-0.25, 0.25, 1, 1)
-        across = (self.x - 0.5) * c + (self.y - 0.5) * s - offset
-        along = -(self.x - 0.5) * s + (self.y - 0.5) * c
-        wiggle = curve * self.uniform(0.5, 1, 1, 1) * torch.sin(
-            2 * math.pi * self.uniform(0.5, 1.5, 1, 1) * along + self.uniform(0, 6.3, 1, 1))
-        width = self.uniform(*width_px, 1, 1) / self.size
-        return torch.sigmoid((width / 2 - (across - wiggle).abs()) * self.size * 1.5)
-
-    def mix(self, palette, t: torch.Tensor, jitter: float = 0.05) -> torch.Tensor:
-        """Blend the palette's two colours by t in [0, 1]; colours jittered per image (mostly together)."""
-        shared = jitter * torch.randn(self.n, 3, 1, 1, generator=self.g)
-        a, b = (torch.tensor(col).view(1, 3, 1, 1) + shared + 0.5 * jitter * torch.randn(self.n, 3, 1, 1, generator=self.g)
-                for col in palette)
-        t = t.clamp(0, 1).unsqueeze(1)
-        return a + (b - a) * t
-
-
-def _texture(name: str, d: _Draw) -> torch.Tensor:
-    """(n, 3, size, size) float images of one class, before noise and jitter."""
-    p = _PALETTES[name]
-    if name == "AnnualCrop":          # striped fields, two orientations split by a smooth boundary
-        fields = (d.smooth(2) > 0).float()
-        t = 0.5 + 0.45 * (fields * d.stripes((5, 9)) + (1 - fields) * d.stripes((4, 8)))
-        return d.mix(p, t)
-    if name == "Forest":              # dark, fine canopy grain
-        t = 0.5 + 0.25 * d.smooth(20) + 0.15 * d.smooth(6)
-        return d.mix(p, t)
-    if name == "HerbaceousVegetation":  # patchy medium-scale texture
-        t = 0.5 + 0.3 * d.smooth(8) + 0.12 * d.smooth(24)
-        return d.mix(p, t)
-    if name == "Highway":             # a straight grey road across fields
-        ground = d.mix(_PALETTES["HerbaceousVegetation"], 0.5 + 0.25 * d.smooth(6))
-        road = d.band((3, 7), curve=0.02).unsqueeze(1)
-        grey = torch.tensor(p[1]).view(1, 3, 1, 1) + 0.05 * torch.randn(d.n, 1, 1, 1, generator=d.g)
-        return ground * (1 - road) + grey * road
-    if name == "Industrial":          # large bright blocks on grey
-        t = 0.5 + 0.5 * torch.tanh(2 * d.smooth(5, mode="nearest")) + 0.1 * d.smooth(16)
-        return d.mix(p, t)
-    if name == "Pasture":             # smooth, almost uniform meadow
-        t = 0.5 + 0.35 * d.smooth(2) + 0.05 * d.smooth(12)
-        return d.mix(p, t)
-    if name == "PermanentCrop":       # orchard rows: a rotated grid of dots
-        c, s = d.direction()
-        period = d.size / d.uniform(4, 7, 1, 1)
-        u, v = d.x * c + d.y * s, -d.x * s + d.y * c
-        dots = torch.sin(2 * math.pi * period * u) * torch.sin(2 * math.pi * period * v)
-        return d.mix(p, 0.5 + 0.45 * dots + 0.1 * d.smooth(4))
-    if name == "Residential":         # dense small houses: fine blocks, reddish roofs
-        t = 0.5 + 0.5 * torch.tanh(2 * d.smooth(14, mode="nearest")) + 0.1 * d.smooth(4)
-        return d.mix(p, t)
-    if name == "River":               # a winding dark band across vegetation
-        ground = d.mix(_PALETTES["Pasture"], 0.5 + 0.3 * d.smooth(5))
-        water = d.band((5, 12), curve=0.12).unsqueeze(1)
-        blue = torch.tensor(p[1]).view(1, 3, 1, 1) + 0.04 * torch.randn(d.n, 3, 1, 1, generator=d.g)
-        return ground * (1 - water) + (blue + 0.04 * d.smooth(12).unsqueeze(1)) * water
-    if name == "SeaLake":             # water: dark, smooth, faint ripples
-        t = 0.5 + 0.3 * d.smooth(3) + 0.15 * d.stripes((3, 6)) * d.smooth(4).abs()
-        return d.mix(p, t)
-    raise KeyError(name)
-
-
-def _class_images(label: int, n: int, seed: int, size: int = IMAGE_SIZE) -> torch.Tensor:
-    """uint8 (n, 3, size, size) images of class `label`, a deterministic function of (label, n, seed)."""
-    name = CLASSES[label]
-    g = torch.Generator().manual_seed(seed * 1_000_003 + label * 7919 + GENERATOR_VERSION)
-    d = _Draw(n, size, g)
-    images = _texture(name, d)
-    # Overlap: part of each image carries a confusable class's texture, so classes are not cleanly
-    # separable (the real EuroSAT has the same kind of mixed scenes).
-    other = _texture(_CONFUSED_WITH[name], d)
-    amount = d.uniform(0, 1, 1, 1, 1) ** 2 * 0.6
-    region = torch.sigmoid(4 * d.smooth(2)).unsqueeze(1)
-    images = images + amount * region * (other - images)
-    # Sensor-like variation: brightness, contrast, colour cast, pixel noise.
-    images = (images - 0.4) * d.uniform(0.75, 1.25, 1, 1, 1) + 0.4 * d.uniform(0.8, 1.2, 1, 1, 1)
-    images = images + 0.04 * torch.randn(n, 3, 1, 1, generator=g) + 0.05 * torch.randn(n, 3, size, size, generator=g)
-    return (images.clamp(0, 1) * 255).round().to(torch.uint8)

@@ -1,4 +1,4 @@
-"""eurosat.data: synthetic set determinism and layout, prepare idempotence, splits, clear errors, `course data`."""
+"""eurosat.data, .prepare and .synthetic: synthetic set determinism and layout, prepare idempotence, splits, clear errors, `course data`."""
 from __future__ import annotations
 
 import hashlib
@@ -15,8 +15,10 @@ import pytest
 import torch
 
 from autograder import cli
-from eurosat import data
-from eurosat.data import CLASSES, DataError, load_splits, prepare, synthetic_tensors
+from eurosat import data, synthetic
+from eurosat import prepare as preparing
+from eurosat.data import CLASSES, DataError, load_splits, synthetic_tensors
+from eurosat.prepare import prepare
 
 PER_CLASS = 12          # 120 images: enough for every split, fast to write and decode
 
@@ -73,7 +75,7 @@ def test_same_seed_writes_the_same_bytes(tmp_path, prepared):
 def test_disk_images_are_the_in_memory_generator(prepared):
     """The PNGs are exactly synthetic_tensors' images (same generator, lossless PNG)."""
     first = data._decode_one(prepared / data.SYNTHETIC_FOLDER / "Forest" / "Forest_1.png")
-    assert torch.equal(first, data._class_images(CLASSES.index("Forest"), PER_CLASS, 0)[0])
+    assert torch.equal(first, synthetic.class_images(CLASSES.index("Forest"), PER_CLASS, 0)[0])
 
 
 def test_imagefolder_layout(prepared):
@@ -135,7 +137,7 @@ def test_prepare_is_idempotent_unless_forced(tmp_path, capsys):
 
 
 def test_auto_without_network_or_archive_falls_back_to_synthetic(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(data, "_reachable", lambda host, **kw: False)
+    monkeypatch.setattr(preparing, "_reachable", lambda host, **kw: False)
     prepare(tmp_path, source="auto", images_per_class=2, progress=False)
     out = capsys.readouterr().out
     assert "unreachable" in out and "synthetic" in out
@@ -152,7 +154,7 @@ def test_failed_download_falls_back_or_says_what_to_do(tmp_path, monkeypatch, ca
         (Path(root) / "eurosat").mkdir(parents=True, exist_ok=True)   # a partial download ...
         raise OSError("connection reset")
 
-    monkeypatch.setattr(data, "_reachable", lambda host, **kw: True)
+    monkeypatch.setattr(preparing, "_reachable", lambda host, **kw: True)
     monkeypatch.setattr(torchvision.datasets, "EuroSAT", broken)
     prepare(tmp_path, source="auto", images_per_class=2, progress=False)
     assert "Downloading EuroSAT failed (connection reset)" in capsys.readouterr().out
