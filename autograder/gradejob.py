@@ -25,7 +25,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from . import feedback, sandbox
+from . import cgroups, feedback, sandbox
 from .config import course_root
 from .launch import stop_tree
 from .course import load_course
@@ -97,7 +97,7 @@ def run_notebook(template: Path, notebook: Path, student: str, assignment: str, 
         shown += [Path(data)] if Path(data).is_dir() else []
         cmd = sandbox.Sandbox(package="kernel").command(inner, env=env, readable=[p for p in shown if p.exists()],
                                                         scratch=work, scratch_bytes=KERNEL_SCRATCH, chdir=work)
-        groups = sandbox.cgroups()
+        groups = cgroups.make()
     else:
         cmd = inner
     out_path = scratch / "report.json"
@@ -125,7 +125,7 @@ def run_notebook(template: Path, notebook: Path, student: str, assignment: str, 
 
 def _kill(proc: subprocess.Popen, groups: list[Path]) -> None:
     stop_tree(proc)
-    sandbox.kill_and_remove(groups)
+    cgroups.kill_and_remove(groups)
 
 
 def grade_one(out: Path, student: str, assignment_id: str, notebook: Path, *, sandboxed: bool) -> dict:

@@ -11,7 +11,7 @@ What a sandboxed job sees and may do:
 - loopback networking only (torchrun and gloo work; nothing leaves the machine);
 - as root: it runs as the unprivileged user `course-sandbox`; otherwise in a user
   namespace of the grader's own user (which sees only what is listed above);
-- at most PROCESSES processes and MEMORY_BYTES of memory (cgroups, as root where they can be made;
+- at most cgroups.PROCESSES processes and cgroups.MEMORY_BYTES of memory (cgroups.py, as root where they can be made;
   RLIMIT_AS per rank and the time limits apply everywhere);
 - killing the sandbox (bwrap) kills everything in it: it is PID 1's namespace, which no
   child can leave (setsid and double forks stay inside).
@@ -29,18 +29,17 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
+
+from . import cgroups
 
 MODE_ENV = "COURSE_SANDBOX"
 HIDE_ENV = "COURSE_SANDBOX_HIDE"   # more folders every sandbox hides (os.pathsep-separated)
 USER = "course-sandbox"
-PROCESSES = 512
 TMP_BYTES = 512 * 2**20
 SHM_BYTES = 1024 * 2**20
 SCRATCH_BYTES = 1024 * 2**20
-MEMORY_BYTES = 12 * 2**30   # everything in one sandbox (the machine has to hold --jobs sandboxes)
 
 
 class SandboxUnavailable(RuntimeError):
@@ -214,80 +213,6 @@ def _sbin(tool: str) -> str:
             or f"/usr/sbin/{tool}")
 
 
-# ------------------------------------------------------------------ process limit and cleanup
-
-def _own_cgroup(controller: str) -> Path | None:
-    """This process's cgroup folder for a v1 controller (e.g. /sys/fs/cgroup/memory/<path>), if writable."""
-    try:
-        for line in Path("/proc/self/cgroup").read_text().splitlines():
-            _, controllers, path = line.split(":", 2)
-            if controller in controllers.split(","):
-                folder = Path("/sys/fs/cgroup") / controller / path.lstrip("/")
-                return folder if os.access(folder, os.W_OK) else None
-    except (OSError, ValueError):
-        pass
-    return None
-
-
-def cgroups_available() -> bool:
-    """Whether process and memory limits can be set per sandbox here (root, writable v1 controllers)."""
-    return os.geteuid() == 0 and _own_cgroup("pids") is not None
-
-
-def cgroups() -> list[Path]:
-    """Fresh cgroups for one sandbox (as root, where the controllers are writable): at most PROCESSES processes
-    and MEMORY_BYTES of memory for everything in it. Empty where none can be made (RLIMITs still apply)."""
-    if os.geteuid() != 0:
-        return []
-    made = []
-    name = f"course-{uuid.uuid4().hex[:12]}"
-    for controller, limits in (("pids", {"pids.max": str(PROCESSES)}),
-                               ("memory", {"memory.limit_in_bytes": str(MEMORY_BYTES)})):
-        parent = _own_cgroup(controller)
-        if parent is None:
-            continue
-        group = parent / name
-        try:
-            group.mkdir()
-            for key, value in limits.items():
-                (group / key).write_text(value)
-            made.append(group)
-        except OSError:
-            kill_and_remove([group])
-    return made
-
-
-def join(groups: list[Path]) -> None:
-    """In the child, before exec: enter the cgroups, so that every later fork is counted in them."""
-    for group in groups:
-        (group / "cgroup.procs").write_text(str(os.getpid()))
-
-
-def kill_and_remove(groups: list[Path]) -> None:
-    """Kill whatever is left in the cgroups and remove them."""
-    import signal
-    import time
-
-    for group in groups:
-        for _ in range(100):
-            try:
-                pids = [int(p) for p in (group / "cgroup.procs").read_text().split()]
-            except OSError:
-                break
-            if not pids:
-                break
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.02)
-        try:
-            group.rmdir()
-        except OSError:
-            pass
-
-
 def clean_env(home: Path, keep: tuple[str, ...] = (), **values: str) -> dict[str, str]:
     """The whole environment of a process that runs learner code: this Python's folder first on PATH, `home`
     as HOME, UTF-8, unbuffered output, the caller's values of `keep` (those that are set), then `values`.
@@ -315,7 +240,7 @@ def popen(cmd: list[str], *, groups: list[Path] = (), cpus: set[int] | None = No
         cmd, pass_fds = [cmd[0], "--args", str(args_fd), *cmd[split:]], pass_fds + [args_fd]
 
     def in_child():
-        join(groups)
+        cgroups.join(groups)
         if cpus:
             os.sched_setaffinity(0, cpus)
         if file_limit is not None:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import launch, policy, sandbox
+from . import cgroups, launch, policy, sandbox
 from .config import Profile
 from .jobfolder import JobFolder
 from .meter import MemoryWindow, loopback_bytes
@@ -160,7 +160,7 @@ class Job:
                                    writable_files=[f for r in range(self.world_size)
                                                    for f in (folder.log(r), folder.stack(r))]) \
             if self.sandboxed else inner
-        self.cgroups = sandbox.cgroups() if self.sandboxed else []
+        self.cgroups = cgroups.make() if self.sandboxed else []
         self.started_at = time.monotonic()
         with open(self.folder.agent_log, "wb") as log:
             self.proc = sandbox.popen(cmd, groups=self.cgroups, cpus=self.cpus, file_limit=OUTPUT_LIMIT,
@@ -390,7 +390,7 @@ class Job:
                 pass
         if self.proc is not None:
             launch.stop_tree(self.proc, token=self.token)
-            sandbox.kill_and_remove(self.cgroups)
+            cgroups.kill_and_remove(self.cgroups)
         self.selector.close()
         self.listener.close()
         self.folder.remove()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from autograder import sandbox
+from autograder import cgroups, sandbox
 from autograder.config import course_root
 from autograder.jobfolder import JobFolder
 from conftest import require_sandbox
@@ -35,14 +35,14 @@ def run(tmp_path):
                                                     readable=[job.path], scratch=job.scratch,
                                                     scratch_bytes=scratch_bytes, chdir=job.scratch,
                                                     writable_files=[job.log(0)])
-        groups = sandbox.cgroups()
+        groups = cgroups.make()
         proc = sandbox.popen(cmd, groups=groups, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
             out, _ = proc.communicate(timeout=timeout)
         finally:
             proc.kill()
             proc.wait()
-            sandbox.kill_and_remove(groups)
+            cgroups.kill_and_remove(groups)
         return proc.returncode, out
 
     yield _run
@@ -156,13 +156,13 @@ def _cmdline(pid: str) -> bytes:
 
 
 def test_processes_are_limited(run):
-    if not sandbox.cgroups_available():
+    if not cgroups.available():
         pytest.skip("no writable pids cgroup here (not root): the time limit and namespaces still apply")
     code = ("import os\nn = 0\ntry:\n    for _ in range(2000):\n        if os.fork() == 0:\n"
             "            import time; time.sleep(30); os._exit(0)\n        n += 1\n"
             "except OSError as e:\n    print('forks refused after', n)")
     rc, out = run(code)
-    assert "forks refused after" in out and int(out.split("after ")[1].split()[0]) < sandbox.PROCESSES, out
+    assert "forks refused after" in out and int(out.split("after ")[1].split()[0]) < cgroups.PROCESSES, out
 
 
 def test_a_job_folder_is_private_to_the_grader_and_the_sandbox_user(tmp_path):
