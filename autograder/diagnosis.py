@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from .checks import Check, Run, Trial
-from .session import Job, TaskResult
+from .outcome import TaskResult
+from .session import Job
 from .verdict import CheckFailed, Verdict
 
 LOG_TAIL = 4000

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,6 +106,21 @@ class JobFolder:
             return path.stat().st_size
         except OSError:
             return 0
+
+    def dump_stacks(self, pids: dict[int, int]) -> None:
+        """Ask these ranks (rank -> pid) for their Python stacks (faulthandler writes stacks/rank<N>.txt on SIGUSR1)
+        and wait up to 2 s for them."""
+        asked = []
+        for rank, pid in pids.items():
+            try:
+                os.kill(pid, signal.SIGUSR1)
+                asked.append(rank)
+            except (ProcessLookupError, PermissionError):
+                pass
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline and not all(self.size(self.stack(r)) for r in asked):
+            time.sleep(0.05)
+        time.sleep(0.1)   # let faulthandler finish its last lines
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)

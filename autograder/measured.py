@@ -42,7 +42,8 @@ from pathlib import Path
 from typing import Any
 
 from . import machine
-from .session import Job, TaskResult
+from .outcome import TaskResult
+from .session import Job
 from .verdict import CheckFailed, Inconclusive, Verdict
 
 

@@ -15,74 +15,26 @@ from __future__ import annotations
 
 import os
 import selectors
-import signal
+import shlex
 import socket
 import struct
 import subprocess
 import sys
 import time
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from . import cgroups, launch, policy, sandbox
+from .channel import RankChannel
 from .config import Profile
 from .jobfolder import JobFolder
 from .meter import MemoryWindow, loopback_bytes
+from .outcome import RankOutcome, TaskResult, rank_error
 from .rank import wire
 
 OUTPUT_LIMIT = 64 * 2**20     # bytes a rank may print (beyond: SIGXFSZ, reported as flooding)
-REPLY_LIMIT = 256 * 2**20     # bytes of one rank's reply
 MEMORY_POLL = 0.02            # seconds between /proc reads while a task runs with memory measured
-
-
-@dataclass
-class RankOutcome:
-    """What one rank sent back for one task (untrusted: the learner's process produced it)."""
-    rank: int
-    ok: bool
-    result: Any = None           # what the rank part returned
-    error: dict | None = None    # describe_exception() of what the learner's code raised
-    phase: str = ""              # "import", "group" or "run"
-    calls: dict = field(default_factory=dict)
-    replied: float = 0.0         # monotonic time the reply arrived
-
-
-@dataclass
-class TaskResult:
-    part: str
-    outcomes: list[RankOutcome | None]   # None: this rank sent nothing
-    started: float
-    seconds: float
-    timed_out: bool = False
-    problem: str = ""                    # job-level: a rank died, a process claimed another rank, ...
-    unread: list[int] = field(default_factory=list)   # ranks that had not taken all their inputs by the deadline
-    peak_rss: list[int] = field(default_factory=list)    # bytes per rank, the most VmRSS seen while it ran
-    start_rss: list[int] = field(default_factory=list)   # bytes per rank when the inputs were sent
-    # The memory the rank itself holds (RssAnon + RssShmem: heap, tensors, shared memory), without the
-    # libraries' code pages that VmRSS also counts (file-backed, paged in as code is first used):
-    peak_private: list[int] = field(default_factory=list)    # bytes per rank, the most seen while it ran
-    start_private: list[int] = field(default_factory=list)   # bytes per rank when the inputs were sent
-    # GPU memory (NCCL jobs): what NVML says each rank's process uses on the device(s) (gpumemory.py).
-    peak_device: list[int] = field(default_factory=list)
-    start_device: list[int] = field(default_factory=list)
-
-    @property
-    def complete(self) -> bool:
-        return not self.problem and not self.timed_out and all(o is not None and o.ok for o in self.outcomes)
-
-    def results(self) -> list[Any]:
-        return [o.result for o in self.outcomes]
-
-
-class _Rank:
-    def __init__(self, conn: socket.socket, pid: int):
-        self.conn, self.pid = conn, pid
-        self.reader = wire.Reader(REPLY_LIMIT)
-        self.inbox: list[Any] = []
-        self.outbox: bytes | memoryview = b""   # what the harness still has to send this rank (its inputs)
-        self.closed = False
 
 
 class Job:
@@ -103,7 +55,7 @@ class Job:
             self.folder.copy_sources(sources)
         self.module = str(self.folder.src / module) if module else None
         self.cpus, self.token = cpus, uuid.uuid4().hex
-        self.ranks: dict[int, _Rank] = {}
+        self.ranks: dict[int, RankChannel] = {}
         self.problem = ""
         self.proc: subprocess.Popen | None = None
         self.cgroups: list[Path] = []
@@ -148,8 +100,6 @@ class Job:
                   for _ in range(self.nnodes)]
         if len(agents) == 1:
             return agents[0]
-        import shlex
-
         return ["/bin/sh", "-c", " & ".join(shlex.join(a) for a in agents) + " & wait"]
 
     def launch(self) -> None:
@@ -213,15 +163,13 @@ class Job:
         for rank, message in sorted(zip(range(self.world_size), messages)):
             handle = self.ranks.get(rank)
             if handle is not None and not handle.closed:
-                handle.outbox = memoryview(wire.frame(message))   # sliced as it goes out, never copied
-                self._write(handle)
+                handle.send(message)
         self._pump(deadline, lambda: all(h.inbox or h.closed for h in self.ranks.values()),
                    tick=window.poll if window else None)
         result = self._result(part, started, deadline, window.peak_rss if window else [0] * self.world_size)
         result.unread = [r for r, h in sorted(self.ranks.items()) if h.outbox and not h.closed]
         for handle in self.ranks.values():
-            handle.outbox = b""
-            self._watch(handle)
+            handle.drop_pending()
         if window:
             result.start_rss, result.start_private, result.peak_private = (window.start_rss, window.start_private,
                                                                            window.peak_private)
@@ -241,7 +189,7 @@ class Job:
                 outcomes.append(None)
                 continue
             outcomes.append(RankOutcome(rank=rank, ok=bool(reply["ok"]), result=reply.get("outputs"),
-                                        error=_error(reply.get("error")), phase=str(reply.get("phase", "")),
+                                        error=rank_error(reply.get("error")), phase=str(reply.get("phase", "")),
                                         calls=reply.get("calls") if isinstance(reply.get("calls"), dict) else {},
                                         replied=reply.get("_at", 0.0)))
         waiting = [r for r in range(self.world_size) if outcomes[r] is None]
@@ -250,7 +198,7 @@ class Job:
         ends = [o.replied for o in outcomes if o is not None]
         seconds = (max(ends) if ends and not waiting else time.monotonic()) - started
         if timed_out:
-            self._dump_stacks(waiting)
+            self.folder.dump_stacks({r: self.ranks[r].pid for r in waiting if r in self.ranks})
         return TaskResult(part=part, outcomes=outcomes, started=started, seconds=seconds, timed_out=timed_out,
                           problem=self.problem, peak_rss=peaks or [])
 
@@ -271,16 +219,16 @@ class Job:
                     self._accept()
                     continue
                 if events & selectors.EVENT_WRITE:
-                    self._write(key.data)
+                    key.data.write()
                 if events & selectors.EVENT_READ and not key.data.closed:
-                    self._read(key.data)
+                    key.data.read()
 
     def _drain(self) -> None:
         for key, _ in self.selector.select(timeout=0.05):
             if key.data is None:
                 self._accept()
             else:
-                self._read(key.data)
+                key.data.read()
 
     def _accept(self) -> None:
         try:
@@ -304,70 +252,9 @@ class Job:
                          "output_limit": OUTPUT_LIMIT,
                          "memory_limit": int(self.profile.memory_limit_gb * 2**30) if self.profile.memory_limit_gb
                          else None})
-        conn.setblocking(False)
-        handle = _Rank(conn, pid)
-        self.ranks[rank] = handle
-        self.selector.register(conn, selectors.EVENT_READ, handle)
-
-    def _write(self, handle: _Rank) -> None:
-        """Send what the socket takes now of the rank's pending inputs (never blocks)."""
-        try:
-            sent = handle.conn.send(handle.outbox) if handle.outbox else 0
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            handle.closed, handle.outbox = True, b""
-            self.selector.unregister(handle.conn)
-            return
-        handle.outbox = handle.outbox[sent:]
-        self._watch(handle)
-
-    def _watch(self, handle: _Rank) -> None:
-        """Wait for the rank's replies, and for room in its socket while inputs are pending."""
-        if not handle.closed:
-            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if handle.outbox else 0)
-            self.selector.modify(handle.conn, events, handle)
-
-    def _read(self, handle: _Rank) -> None:
-        try:
-            data = handle.conn.recv(1 << 20)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            handle.closed = True
-            self.selector.unregister(handle.conn)
-            return
-        try:
-            for message in handle.reader.feed(data):
-                if isinstance(message, dict):
-                    message["_at"] = time.monotonic()
-                handle.inbox.append(message)
-        except wire.WireError as exc:
-            handle.closed = True
-            self.selector.unregister(handle.conn)
-            handle.inbox.append({"ok": False, "phase": "run",
-                                 "error": {"type": "WireError", "message": str(exc), "line": f"WireError: {exc}",
-                                           "where": "", "traceback": ""}})
+        self.ranks[rank] = RankChannel(conn, pid, self.selector)
 
     # -------------------------------------------------------------- the end
-    def _dump_stacks(self, ranks: list[int]) -> None:
-        """Ask the ranks still working for their Python stacks (faulthandler writes stacks/rank<N>.txt)."""
-        asked = []
-        for rank in ranks:
-            handle = self.ranks.get(rank)
-            if handle:
-                try:
-                    os.kill(handle.pid, signal.SIGUSR1)
-                    asked.append(rank)
-                except (ProcessLookupError, PermissionError):
-                    pass
-        deadline = time.monotonic() + 2.0
-        while time.monotonic() < deadline and not all(self.folder.size(self.folder.stack(r)) for r in asked):
-            time.sleep(0.05)
-        time.sleep(0.1)   # let faulthandler finish its last lines
-
     def stacks(self) -> dict[int, str]:
         return {r: self.folder.tail(self.folder.stack(r), 20000) for r in range(self.world_size)
                 if self.folder.size(self.folder.stack(r))}
@@ -400,13 +287,3 @@ class Job:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _error(raw: Any) -> dict | None:
-    """A rank's error description, with every field a bounded string (it came from the learner's process)."""
-    if not isinstance(raw, dict):
-        return None
-    out = {k: str(raw.get(k, ""))[:limit] for k, limit in
-           (("type", 100), ("message", 2000), ("line", 400), ("where", 200), ("traceback", 6000))}
-    out["line"] = out["line"] or out["type"]
-    return out

@@ -15,7 +15,7 @@ from autograder import run_check
 from autograder.checks import Run, Trial, get
 from autograder.checks.ddp import train
 from autograder.harness import VerdictCache
-from autograder.session import RankOutcome
+from autograder.outcome import RankOutcome
 from autograder.verdict import CheckFailed
 from conftest import control, solution, spinning_while_idle
 

@@ -15,7 +15,7 @@ from autograder import run_check
 from autograder.checks import Run, Trial, get
 from autograder.checks.fsdp import explain, train
 from autograder.harness import VerdictCache
-from autograder.session import RankOutcome, TaskResult
+from autograder.outcome import RankOutcome, TaskResult
 from autograder.verdict import CheckFailed
 from conftest import control, solution, stub
 

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from autograder import measured
-from autograder.session import RankOutcome, TaskResult
+from autograder.outcome import RankOutcome, TaskResult
 
 
 def test_rounds_rotate_so_that_every_side_runs_first_as_often_as_the_others():

@@ -67,7 +67,7 @@ class Run:
     exercise: str
     world_size: int
     params: dict[str, Any]
-    ranks: tuple             # session.RankOutcome per rank (untrusted results)
+    ranks: tuple             # outcome.RankOutcome per rank (untrusted results)
     thresholds: Any
     profile: str
     inputs: list = field(default_factory=list)
@@ -76,7 +76,7 @@ class Run:
 
     @classmethod
     def of(cls, trial: Trial, inputs: list, expected: Any, result) -> "Run":
-        """What the judge sees of a finished task (result: a session.TaskResult) of this trial."""
+        """What the judge sees of a finished task (result: an outcome.TaskResult) of this trial."""
         return cls(exercise=trial.exercise, world_size=trial.world_size, params=trial.params,
                    ranks=tuple(result.outcomes), thresholds=trial.thresholds, profile=trial.profile,
                    inputs=inputs, expected=expected, seconds=result.seconds)
