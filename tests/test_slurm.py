@@ -95,3 +95,30 @@ def test_the_generated_sbatch_script_runs_torchrun_through_slurm(cluster, tmp_pa
     for rank in (0, 1):
         assert f"node 0 of 1: RANK={rank} LOCAL_RANK={rank} WORLD_SIZE=2, restarts 0, sum of all ranks = 1" \
                in output, output
+
+
+def test_a_node_whose_grader_differs_from_the_install_record_grades_nothing(tmp_path, monkeypatch):
+    """The array task checks its node before it grades: a grader that is not as installed (an unshared or stale
+    copy of the course on that node) leaves a log that says so, and no result, so the parent makes it a
+    manual-grading row."""
+    import json
+
+    from autograder import install, slurmtask
+
+    record = tmp_path / "install.json"
+    monkeypatch.setenv(install.MANIFEST_ENV, str(record))
+    install.record(record)
+    digests = json.loads(record.read_text())
+    first = sorted(digests)[0]
+    digests[first] = "0" * 64   # as if that file had changed on this node
+    record.write_text(json.dumps(digests))
+    batch, log = tmp_path / "batch", tmp_path / "student--a.log"
+    batch.mkdir()
+    marker = tmp_path / "graded"
+    (batch / "tasks.json").write_text(json.dumps({"tasks": [dict(
+        student="student", assignment="a", log=str(log), command=[sys.executable, "-c",
+                                                                  f"open({str(marker)!r}, 'w')"])]}))
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "0")
+    assert slurmtask.main([str(batch)]) == 3
+    assert "this node's grader is not as installed" in log.read_text() and first in log.read_text()
+    assert not marker.exists() and (batch / "0.done").read_text() == "3"
