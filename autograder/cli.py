@@ -77,13 +77,30 @@ def _grade(args) -> int:
     return EXIT_PASS
 
 
-def _slurm_script(args) -> int:
+def _slurm_script_parser() -> argparse.ArgumentParser:
+    s = argparse.ArgumentParser(prog="course slurm-script", description="Write an sbatch script that runs SCRIPT "
+                                "with torchrun on several nodes: options and SCRIPT in any order, the script's own "
+                                "arguments after --, e.g. course slurm-script train.py --nodes 2 -- --epochs 3")
+    s.add_argument("script", help="the Python script, e.g. whoami.py")
+    s.add_argument("--nodes", type=int, default=2, help="nodes (default 2)")
+    s.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per node: one process each (default 0: CPU)")
+    s.add_argument("--procs-per-node", type=int, help="processes per node (default: --gpus-per-node, or 1)")
+    s.add_argument("--cpus-per-node", type=int, help="cores to ask for per node (default: one per process)")
+    s.add_argument("--time", default="00:30:00", help="time limit, HH:MM:SS (default 00:30:00)")
+    s.add_argument("--partition", help="the partition to submit to")
+    s.add_argument("--max-restarts", type=int, default=3, help="torchrun restarts after a failure (default 3)")
+    s.add_argument("--out", help="write the script to this file (default: print it)")
+    return s
+
+
+def _slurm_script(argv: list[str]) -> int:
     from .slurm import sbatch_script
 
-    text = sbatch_script(args.script, args.args, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
+    own, script_args = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    args = _slurm_script_parser().parse_args(own)
+    text = sbatch_script(args.script, script_args, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
                          procs_per_node=args.procs_per_node, cpus_per_node=args.cpus_per_node, time=args.time,
-                         partition=args.partition, max_restarts=args.max_restarts,
-                         workdir=str(Path.cwd()))
+                         partition=args.partition, max_restarts=args.max_restarts, workdir=str(Path.cwd()))
     if args.out:
         Path(args.out).write_text(text)
         print(f"wrote {args.out}: submit it with `sbatch {args.out}`")
@@ -183,19 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--slurm: one more sbatch option, e.g. --sbatch-option=--account=cs101 (repeatable)")
     g.set_defaults(run=_grade)
 
-    s = sub.add_parser("slurm-script", help="write an sbatch script that runs a script with torchrun on several "
-                                            "nodes (c10d rendezvous on the first node)")
-    s.add_argument("script", help="the Python script, e.g. whoami.py")
-    s.add_argument("args", nargs="*", help="the script's own arguments (after --)")
-    s.add_argument("--nodes", type=int, default=2, help="nodes (default 2)")
-    s.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per node: one process each (default 0: CPU)")
-    s.add_argument("--procs-per-node", type=int, help="processes per node (default: --gpus-per-node, or 1)")
-    s.add_argument("--cpus-per-node", type=int, help="cores to ask for per node (default: one per process)")
-    s.add_argument("--time", default="00:30:00", help="time limit, HH:MM:SS (default 00:30:00)")
-    s.add_argument("--partition", help="the partition to submit to")
-    s.add_argument("--max-restarts", type=int, default=3, help="torchrun restarts after a failure (default 3)")
-    s.add_argument("--out", help="write the script to this file (default: print it)")
-    s.set_defaults(run=_slurm_script)
+    sub.add_parser("slurm-script", help="write an sbatch script that runs a script with torchrun on several nodes "
+                                        "(c10d rendezvous on the first node); course slurm-script -h for its options",
+                   add_help=False)
 
     v = sub.add_parser("verify-install", help="compare the grader's files with the install record (course grade "
                                               "does this before and during grading)")
@@ -238,6 +245,12 @@ def main(argv: list[str] | None = None) -> int:
     for stop in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(stop, _stop_like_ctrl_c)
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["slurm-script"]:   # its own parser: the script's arguments follow `--`, as in torchrun
+        try:
+            return _slurm_script(argv[1:])
+        except SystemExit as exc:
+            return int(exc.code or 0)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help

@@ -122,3 +122,12 @@ def test_a_node_whose_grader_differs_from_the_install_record_grades_nothing(tmp_
     assert slurmtask.main([str(batch)]) == 3
     assert "this node's grader is not as installed" in log.read_text() and first in log.read_text()
     assert not marker.exists() and (batch / "0.done").read_text() == "3"
+
+
+def test_slurm_script_takes_the_scripts_own_arguments_after_a_double_dash(tmp_path):
+    made = course("slurm-script", "train.py", "--nodes", "3", "--gpus-per-node", "4", "--", "--epochs", "3",
+                  "--nodes", "9", cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    assert "#SBATCH --nodes=3" in made.stdout and "#SBATCH --gpus-per-node=4" in made.stdout
+    assert "--nproc-per-node 4" in made.stdout and "train.py --epochs 3 --nodes 9" in made.stdout, made.stdout
+    assert course("slurm-script", "--nodes", "2", cwd=tmp_path).returncode == 2   # no script: a usage error
