@@ -219,7 +219,7 @@ def grade(submissions: str | Path, *, out: str | Path = "grading", assignments: 
         else:
             pool = LocalPool(out, jobs, hide, safe, SUBMISSION_TIME_LIMIT, gpus=_gpu_count())
         guard = None if safe else FileGuard([course_root() / "source" / a.id / a.notebook for a in chosen]
-                                         + [out / ".template", out / "records", out / "verdicts", out / "feedback"])
+                                            + [out / ".template", out / "records", out / "verdicts", out / "feedback"])
         bar = tqdm(total=len(subs), initial=len(subs) - len(todo), desc="grading", unit="submission",
                    disable=not progress)
         try:
