@@ -22,14 +22,12 @@ CLASSES = (
     "Pasture", "PermanentCrop", "Residential", "River", "SeaLake",
 )
 IMAGE_SIZE = 64
-DEFAULT_IMAGES_PER_CLASS = 300          # 3,000 images: a few CPU minutes of training
 DATA_DIR_ENV = "COURSE_DATA_DIR"
 MANIFEST = "dataset.json"               # written last: its presence means "prepared and complete"
 REAL_NAME = "EuroSAT"
 SYNTHETIC_NAME = "synthetic EuroSAT-like"
 SYNTHETIC_FOLDER = "eurosat-synthetic"
 REAL_FOLDER = "eurosat"                 # torchvision's layout: <root>/eurosat/2750/<class>/*.jpg
-DOWNLOAD_HOST = "huggingface.co"        # where torchvision.datasets.EuroSAT downloads from
 FIX = ("Run `course data` in a terminal (or `course data --archive PATH/EuroSAT.zip` "
        "for the real EuroSAT archive)")
 
@@ -92,7 +90,7 @@ def load_splits(root: str | Path | None = None, *, seed: int = 0, limit: int | N
     root = Path(root) if root is not None else data_root()
     manifest = _read_manifest(root)
     folder = _resolve_folder(root, manifest)
-    files, labels = _list_images(folder)
+    files, labels = list_images(folder)
     n_total = len(files)
     order = torch.randperm(n_total, generator=torch.Generator().manual_seed(seed))
     if limit is not None:
@@ -158,7 +156,7 @@ def _resolve_folder(root: Path, manifest: dict) -> Path:
     return folder
 
 
-def _list_images(folder: Path) -> tuple[list[Path], torch.Tensor]:
+def list_images(folder: Path) -> tuple[list[Path], torch.Tensor]:
     """ImageFolder layout: <folder>/<class>/<image>, classes in CLASSES order, files sorted."""
     missing = [c for c in CLASSES if not (folder / c).is_dir()]
     if missing:

@@ -9,9 +9,12 @@ import socket
 import threading
 from pathlib import Path
 
-from .data import (CLASSES, DEFAULT_IMAGES_PER_CLASS, DOWNLOAD_HOST, MANIFEST, REAL_FOLDER, REAL_NAME,
-                   SYNTHETIC_FOLDER, SYNTHETIC_NAME, DataError, _list_images, data_root)
+from .data import (CLASSES, MANIFEST, REAL_FOLDER, REAL_NAME, SYNTHETIC_FOLDER, SYNTHETIC_NAME, DataError, data_root,
+                   list_images)
 from .synthetic import GENERATOR_VERSION, class_images
+
+DEFAULT_IMAGES_PER_CLASS = 300          # 3,000 images: a few CPU minutes of training
+DOWNLOAD_HOST = "huggingface.co"        # where torchvision.datasets.EuroSAT downloads from
 
 
 def prepare(root: str | Path | None = None, *, source: str = "auto", archive: str | Path | None = None,
@@ -46,7 +49,7 @@ def prepare(root: str | Path | None = None, *, source: str = "auto", archive: st
         manifest = _from_archive(root, Path(archive), progress)
     elif source in ("auto", "eurosat") and extracted is not None:     # unpacked by hand, or downloaded before
         manifest = {"name": REAL_NAME, "kind": "eurosat", "source": "found extracted",
-                    "folder": extracted.relative_to(root).as_posix(), "n_images": len(_list_images(extracted)[0])}
+                    "folder": extracted.relative_to(root).as_posix(), "n_images": len(list_images(extracted)[0])}
     elif source in ("auto", "eurosat") and _reachable(DOWNLOAD_HOST):
         try:
             manifest = _download(root)
@@ -157,7 +160,7 @@ def _from_archive(root: Path, archive: Path, progress: bool) -> dict:
             raise DataError(f"{archive} has no EuroSAT class folders ({CLASSES[0]}, {CLASSES[1]}, ...): "
                             "is it the EuroSAT RGB zip (not the multispectral one)?")
         record = folder.relative_to(root).as_posix()
-    files, _ = _list_images(folder)
+    files, _ = list_images(folder)
     return {"name": REAL_NAME, "kind": "eurosat", "source": f"archive {archive}", "folder": record,
             "n_images": len(files)}
 
