@@ -38,9 +38,8 @@ def job_command(out: Path, sub: Submission) -> list[str]:
     return [sys.executable, "-m", "autograder.gradejob", str(out), sub.student, sub.assignment, str(sub.notebook)]
 
 
-def job_env(hide: str, safe: bool, cpus: int, **more: str) -> dict[str, str]:
-    return {**os.environ, sandbox.HIDE_ENV: hide, sandbox.MODE_ENV: "on" if safe else "off",
-            "OMP_NUM_THREADS": str(max(1, cpus // 2)), **more}
+def job_env(hide: str, safe: bool, **more: str) -> dict[str, str]:
+    return {**os.environ, sandbox.HIDE_ENV: hide, sandbox.MODE_ENV: "on" if safe else "off", **more}
 
 
 class LocalPool:
@@ -65,7 +64,8 @@ class LocalPool:
     def _start(self, slot: int, sub: Submission) -> tuple:
         token = uuid.uuid4().hex
         cpus = self.slots[slot]
-        env = job_env(self.hide, self.safe, len(cpus), **{GRADING_TOKEN: token, machine.LOCK_ENV: str(self.lock)})
+        env = job_env(self.hide, self.safe, OMP_NUM_THREADS=str(max(1, len(cpus) // 2)),
+                      **{GRADING_TOKEN: token, machine.LOCK_ENV: str(self.lock)})
         if self.gpu_slots[slot] is not None:
             env["CUDA_VISIBLE_DEVICES"] = self.gpu_slots[slot]
         log = open(log_path(self.out, sub), "wb")
@@ -115,9 +115,8 @@ class SlurmPool:
     SHARED_FS_GRACE = 30.0   # a task's files may reach this node after Slurm says it ended (NFS caches lookups)
 
     def __init__(self, out: Path, options: slurm.SlurmOptions, hide: str, seconds: int, exclusive: bool):
-        slurm.require()
         self.out, self.options, self.hide, self.seconds, self.exclusive = out, options, hide, seconds, exclusive
-        self.arrays: list[tuple[str, Path, list[Submission]]] = []   # (job id, batch folder, its submissions)
+        self.arrays: list[tuple[str, Path]] = []   # (job id, batch folder)
         self.pending: dict[tuple[str, int], Submission] = {}
         self.ended: dict[tuple[str, int], float] = {}   # when Slurm first said a task ended, its marker not yet seen
         self.last_poll = 0.0
@@ -130,12 +129,12 @@ class SlurmPool:
         tasks = [dict(student=s.student, assignment=s.assignment, log=str(log_path(self.out, s)),
                       command=job_command(self.out, s)) for s in subs]
         (batch / "tasks.json").write_text(json.dumps({"tasks": tasks}))
-        env = job_env(self.hide, True, self.options.cpus_per_task)
+        env = job_env(self.hide, True)   # OMP_NUM_THREADS: each task sets it from its node's cores (slurmtask.py)
         job = slurm.submit_array([sys.executable, "-m", "autograder.slurmtask", str(batch)], len(subs),
                                  name="course-grade", output=str(batch / "task-%a.out"), seconds=self.seconds,
                                  options=self.options, exclusive=self.exclusive, env=env)
         (batch / "job").write_text(job)
-        self.arrays.append((job, batch, subs))
+        self.arrays.append((job, batch))
         self.pending.update({(job, i): s for i, s in enumerate(subs)})
         how = "one submission per node (--exclusive: speed is measured)" if self.exclusive else \
             f"{self.options.cpus_per_task} cores per submission"
@@ -151,7 +150,7 @@ class SlurmPool:
             return []
         self.last_poll = time.monotonic()
         finished = []
-        for job, batch, _subs in self.arrays:
+        for job, batch in self.arrays:
             states = slurm.task_states(job)
             if states is None:   # squeue did not answer (slurmctld busy or restarting): ask again later
                 continue
@@ -183,12 +182,14 @@ class SlurmPool:
         return f"Slurm ended the grading task: {state}{because}" + (f": {said[:300]}" if said else "")
 
     def stop(self) -> None:
-        """scancel every array, and wait (up to a minute) until Slurm has no task of them left running."""
-        for job, _batch, _subs in self.arrays:
+        """scancel every array with a task still pending, and wait (up to a minute) until Slurm has no task of them
+        left running."""
+        arrays = {job for job, _ in self.pending}
+        for job in arrays:
             slurm.cancel(job)
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            states = [slurm.task_states(job) for job, _b, _s in self.arrays]
+        while arrays and time.monotonic() < deadline:
+            states = [slurm.task_states(job) for job in arrays]
             if all(s is not None and not any(st in slurm.STILL_RUNNING for st, _ in s.values()) for s in states):
                 break
             time.sleep(1)
