@@ -581,10 +581,13 @@ def slurm_graded(mini, tmp_path_factory):
                                 if s in slurm.STILL_RUNNING}
         second = subprocess.Popen(command, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                   text=True)
-        while second.poll() is None:
+        deadline = time.monotonic() + 600
+        while second.poll() is None and time.monotonic() < deadline:
             _shorten_limit_of_asleep(folder / "out", env, shortened)
             time.sleep(0.5)
-        seen["output"], seen["code"] = second.communicate()[0], second.returncode
+        if second.poll() is None:   # a hang fails the tests below instead of holding the suite
+            second.send_signal(signal.SIGINT)
+        seen["output"], seen["code"] = second.communicate(timeout=120)[0], second.returncode
         seen["arrays"] = sorted(len(json.loads((f.parent / "tasks.json").read_text())["tasks"]) for f in shortened)
         seen["leftovers"] = processes_with_env("COURSE_TEST_ID", mini["tag"])
     rows = {r["student"]: r for r in csv.DictReader(open(folder / "out" / "grades.csv"))}
