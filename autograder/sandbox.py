@@ -141,13 +141,11 @@ class Sandbox:
             args += ["--dev-bind-try", device, device]
         args += ["--perms", "1777", "--size", str(SHM_BYTES), "--tmpfs", "/dev/shm",
                  "--perms", "1777", "--size", str(TMP_BYTES), "--tmpfs", "/tmp"]
-        package, eurosat = _package_dir("autograder"), _package_dir("eurosat")
+        package = _package_dir("autograder")
         hidden = sorted({*_hidden_by_default(), *(p.resolve() for p in self.hide), package}, key=lambda p: len(p.parts))
         for folder in hidden:
             args += ["--perms", "0755", "--tmpfs", str(folder)]
-        shown = {*_python_dirs(), eurosat, *(p.resolve() for p in self.expose), *(p.resolve() for p in readable)}
-        shown |= {package} if self.package == "kernel" else {package / "rank", package / "__init__.py"}
-        shown = sorted(shown, key=lambda p: len(p.parts))
+        shown = self.shown(readable)
         # Folders between a hidden (empty) folder and what is shown in it: traversable, whatever the host's mode.
         fresh = [*hidden, Path("/tmp")]   # bubblewrap would make these folders' missing children owner-only
         between = sorted({a for p in shown for a in p.parents if any(h in a.parents or h == a for h in fresh)}
@@ -183,6 +181,15 @@ class Sandbox:
             return args + drop + inner
         return args + ["--"] + inner
 
+    def shown(self, readable: list[Path] = ()) -> list[Path]:
+        """What the sandbox shows read-only, shortest path first: the Python install, eurosat, the package's rank
+        side (all of it but the references for the kernel), `expose` and `readable`."""
+        package = _package_dir("autograder")
+        shown = {*_python_dirs(), _package_dir("eurosat"), *(p.resolve() for p in self.expose),
+                 *(p.resolve() for p in readable)}
+        shown |= {package} if self.package == "kernel" else {package / "rank", package / "__init__.py"}
+        return sorted(shown, key=lambda p: len(p.parts))
+
     @staticmethod
     def owner() -> int | None:
         """The uid that must be able to write a sandbox's files (the sandbox user, as root)."""
@@ -193,14 +200,17 @@ def own_tmp(command: list[str], *, keep: list[Path], shm: bool) -> list[str]:
     """`command` (one rank of a job, started inside the job's sandbox) with a /tmp, and with shm=True a /dev/shm,
     of its own: nothing a rank leaves there is where another rank looks (the job's scratch folder stays shared, as
     nodes share a file system). A nested bubblewrap in a user namespace of the sandbox's user, everything else
-    bound unchanged (same PIDs, network, files and devices, each mount's read-only flag); `keep`: folders under
-    /tmp (the job folder) bound again over the new one. NCCL needs shm=False: its transport between the ranks of
+    bound unchanged (same PIDs, network, files and devices, each mount's read-only flag); `keep`: what the sandbox
+    shows (Sandbox.shown: the job folder, the Python install, the package's rank side), of which what lies under
+    /tmp (a course cloned there) is bound again over the new one. NCCL needs shm=False: its transport between the ranks of
     a node runs through one /dev/shm. Not a wall between colluding ranks: the scratch folder, and another process's
     /proc/PID/root, remain (what a check must prove about communication, it measures: bytes on the wire)."""
     args = [shutil.which("bwrap") or "bwrap", "--unshare-user", "--dev-bind", "/", "/",
             "--perms", "1777", "--size", str(TMP_BYTES), "--tmpfs", "/tmp"]
-    for folder in keep:
-        args += ["--bind", str(folder), str(folder)]
+    tmp = Path("/tmp")
+    under_tmp = sorted({p for p in keep if tmp in p.parents}, key=lambda p: len(p.parts))
+    for folder in [p for p in under_tmp if not any(q in p.parents for q in under_tmp)]:   # outermost ones
+        args += ["--bind", str(folder), str(folder)]   # recursive: the mounts inside come along
     if shm:
         args += ["--perms", "1777", "--size", str(SHM_BYTES), "--tmpfs", "/dev/shm"]
     return args + ["--"] + command

@@ -91,7 +91,8 @@ class Job:
         driver = [sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {package_parent!r}); "
                   "from autograder.rank.__main__ import main; main(sys.argv[1])", str(self.folder.path)]
         if self.sandboxed:
-            driver = sandbox.own_tmp(driver, keep=[self.folder.path], shm=self.profile.backend != "nccl")
+            driver = sandbox.own_tmp(driver, keep=self.confine.shown([self.folder.path]),
+                                     shm=self.profile.backend != "nccl")
         if self.local:
             return driver
         port = 29400 if self.sandboxed else launch.free_port()
