@@ -182,3 +182,14 @@ def test_a_job_folder_is_private_to_the_grader_and_the_sandbox_user(tmp_path):
     finally:
         folder.remove()
     assert not folder.path.exists()
+
+
+def test_a_ranks_own_tmp_binds_again_what_the_sandbox_shows_under_tmp():
+    """A course cloned under /tmp: the job's Python install and package are under the /tmp that each rank gets
+    afresh, so own_tmp binds them again (the outermost of nested paths; nothing outside /tmp)."""
+    keep = [Path("/tmp/fresh/.venv"), Path("/tmp/fresh/.venv/lib/python3.11/site-packages"),
+            Path("/tmp/fresh/autograder/rank"), Path("/tmp/job-1"), Path("/usr/lib/python3.11")]
+    args = sandbox.own_tmp(["python"], keep=keep, shm=True)
+    binds = [args[i + 1] for i, a in enumerate(args) if a == "--bind"]
+    assert binds == ["/tmp/job-1", "/tmp/fresh/.venv", "/tmp/fresh/autograder/rank"], binds
+    assert args.index("--tmpfs") < args.index("--bind") and args[-2:] == ["--", "python"]
