@@ -49,9 +49,13 @@ MISTAKES: dict[str, list[tuple[str, str | tuple[str, str], str]]] = {
                 ("fsdp.checkpoint", "fsdp/every_rank_writes.py", "every rank writes")],
     "07_from_scratch": [("scratch.naive", "scratch/naive_summed.py", "summed, not averaged"),
                         ("scratch.zero1", "scratch/zero1_whole_optimizer.py", "each rank stepped the whole model")],
+    "09_efficiency": [("efficiency.accumulate", "efficiency/accumulate_not_divided.py",
+                       "Divide each micro-batch's loss"),
+                      ("efficiency.autocast", "efficiency/autocast_scaler_step_bypassed.py", "scaler.step(optimizer)")],
 }
 
-ONE_RANK = ("02_torchrun", "04_ddp", "06_fsdp", "07_from_scratch")   # assignments whose checks run at 1 rank too
+# Assignments whose checks run at 1 rank too:
+ONE_RANK = ("02_torchrun", "04_ddp", "06_fsdp", "07_from_scratch", "09_efficiency")
 
 
 @dataclass

@@ -36,6 +36,9 @@ class TaskResult:
     # GPU memory (NCCL jobs): what NVML says each rank's process uses on the device(s) (gpumemory.py).
     peak_device: list[int] = field(default_factory=list)
     start_device: list[int] = field(default_factory=list)
+    # Bytes the job sent over its own loopback from the first input to the last reply (gloo's traffic, read
+    # from outside); None where that counter is not the job's alone (no sandbox) or not its traffic (NCCL).
+    sent_bytes: int | None = None
 
     @property
     def complete(self) -> bool:

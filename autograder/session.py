@@ -161,6 +161,7 @@ class Job:
             started = time.monotonic()
         window = MemoryWindow({r: h.pid for r, h in self.ranks.items()}, self.world_size,
                               device=self.profile.backend == "nccl") if measure_memory else None
+        sent_before = self.sent_bytes()
         for rank, message in sorted(zip(range(self.world_size), messages)):
             handle = self.ranks.get(rank)
             if handle is not None and not handle.closed:
@@ -168,6 +169,9 @@ class Job:
         self._pump(deadline, lambda: all(h.inbox or h.closed for h in self.ranks.values()),
                    tick=window.poll if window else None)
         result = self._result(part, started, deadline, window.peak_rss if window else [0] * self.world_size)
+        sent_after = self.sent_bytes()
+        if sent_before is not None and sent_after is not None and part not in ("import", "prepare"):
+            result.sent_bytes = sent_after - sent_before
         result.unread = [r for r, h in sorted(self.ranks.items()) if h.outbox and not h.closed]
         for handle in self.ranks.values():
             handle.drop_pending()
@@ -180,6 +184,13 @@ class Job:
     def loopback_bytes(self) -> int | None:
         """Bytes sent so far over the job's own loopback (meter.loopback_bytes); None where it cannot be read."""
         return loopback_bytes(next((h.pid for h in self.ranks.values()), None))
+
+    def sent_bytes(self) -> int | None:
+        """The loopback counter where it is evidence of this job's traffic: None on NCCL (GPU traffic does not cross
+        the loopback) and without the sandbox (the host's loopback carries every process's traffic)."""
+        if not self.sandboxed or self.profile.backend == "nccl":
+            return None
+        return self.loopback_bytes()
 
     def _result(self, part: str, started: float, deadline: float, peaks: list[int] | None = None) -> TaskResult:
         outcomes: list[RankOutcome | None] = []

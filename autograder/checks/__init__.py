@@ -73,13 +73,15 @@ class Run:
     inputs: list = field(default_factory=list)
     expected: Any = None
     seconds: float = 0.0     # the task's time, taken by the harness from outside (inputs sent -> last reply)
+    sent_bytes: int | None = None   # bytes on the job's loopback over the task, from outside (None: not measured)
 
     @classmethod
     def of(cls, trial: Trial, inputs: list, expected: Any, result) -> "Run":
         """What the judge sees of a finished task (result: an outcome.TaskResult) of this trial."""
         return cls(exercise=trial.exercise, world_size=trial.world_size, params=trial.params,
                    ranks=tuple(result.outcomes), thresholds=trial.thresholds, profile=trial.profile,
-                   inputs=inputs, expected=expected, seconds=result.seconds)
+                   inputs=inputs, expected=expected, seconds=result.seconds,
+                   sent_bytes=result.sent_bytes)
 
     def results(self) -> list[Any]:
         return [r.result for r in self.ranks]

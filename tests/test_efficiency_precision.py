@@ -1,0 +1,101 @@
+"""09_efficiency: efficiency.accumulate and efficiency.autocast (gloo, CPU ranks), and the bytes every task's result
+carries (TaskResult.sent_bytes, read by the harness on the job's own loopback).
+
+The reference is the source notebook's efficiency_parts.py; each control is that function with one mistake, and
+must fail with a hint naming it."""
+from __future__ import annotations
+
+import pytest
+
+from autograder import run_check
+from conftest import control, require_sandbox, solution, stub
+
+
+def _parts():
+    return solution("09_efficiency", "efficiency_parts.py")
+
+
+# ---------------------------------------------------------------- accumulate
+
+@pytest.mark.slow
+@pytest.mark.parametrize("world_size,k", [(1, 2), (2, 3), (3, 4)])
+def test_reference_accumulates_with_one_all_reduce(world_size, k):
+    v = run_check("efficiency.accumulate", module=_parts(), world_size=world_size, k=k)
+    assert v.passed, v.to_text()
+    if world_size == 1:
+        assert "bytes not measured: one rank" in v.message
+    else:
+        require_sandbox()
+        sent, one = v.details["bytes"]["sent"], v.details["bytes"]["one_allreduce"]
+        assert 1.0 <= sent / one < 1.1, v.details   # measured 1.03 (2 ranks), 1.04 (3): headers, gloo's messages
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,words", [
+    ("accumulate_no_sync_forgotten", ["all-reduced more than once", "no_sync"]),
+    ("accumulate_not_divided", ["3.00x", "Divide each micro-batch's loss by k"]),
+    ("accumulate_no_sync_everywhere", ["never all-reduced", "outside no_sync"]),
+    ("accumulate_step_every_micro_batch", ["stepped 3 times", "optimizer.step()"]),
+])
+def test_accumulate_mistakes_are_named(name, words):
+    if name == "accumulate_no_sync_forgotten":
+        require_sandbox()   # judged on bytes only
+    v = run_check("efficiency.accumulate", module=control("efficiency", name), k=3)
+    assert not v.passed
+    text = v.message + " " + v.hint
+    assert all(w in text for w in words), v.to_text()
+
+
+# ---------------------------------------------------------------- autocast
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,words", [
+    (None, ["fp16 overflow skipped, scale halved", "bf16 without a scaler", "parameters stay fp32"]),
+    ("autocast_no_autocast", ["those of an fp32 step", "torch.autocast"]),
+    ("autocast_params_half", ["parameters", "fp32"]),
+    ("autocast_scaler_step_bypassed", ["applied although the scaled gradients overflowed", "scaler.step(optimizer)"]),
+    ("autocast_no_update", ["scale after", "scaler.update()"]),
+])
+def test_autocast_reference_passes_and_mistakes_are_named(name, words):
+    module = _parts() if name is None else control("efficiency", name)
+    v = run_check("efficiency.autocast", module=module, world_size=3)   # a local check: world_size is ignored
+    assert v.passed == (name is None), v.to_text()
+    text = v.message + " " + v.hint
+    assert all(w in text for w in words), v.to_text()
+
+
+# ---------------------------------------------------------------- the blank stub, the bytes measurement
+
+@pytest.mark.slow
+@pytest.mark.parametrize("exercise", ["efficiency.accumulate", "efficiency.autocast"])
+def test_blank_stub_fails(exercise):
+    module = stub("09_efficiency", "efficiency_parts.py")
+    v = run_check(exercise, module=module)
+    assert not v.passed and "NotImplementedError" in v.message + v.hint, v.to_text()
+
+
+@pytest.mark.slow
+def test_sent_bytes_of_a_task_are_one_all_reduce_sandboxed_and_none_without_the_sandbox(tmp_path):
+    """torchrun.mean's part with the course's global_mean: one all_reduce of a 1 MiB float32 tensor on 2 ranks.
+    A ring all-reduce sends 2 (N - 1) / N of the buffer from each rank: 2 MiB in all. The counter also sees
+    TCP/IP headers (the loopback's 64 KiB MTU: under 0.2%) and gloo's few small messages: within 5% above."""
+    import torch
+
+    from autograder import config, policy
+    from autograder.session import Job
+
+    require_sandbox()
+    (tmp_path / "torchrun_basics.py").write_text(solution("02_torchrun", "torchrun_basics.py").read_text())
+    profile = policy.choose_profile(config.load(), "cpu")
+    numel = 256 * 1024
+    for sandboxed in (True, False):
+        with Job(world_size=2, profile=profile, module="torchrun_basics.py", sources=tmp_path, label="bytes",
+                 sandboxed=sandboxed) as job:
+            assert job.ready(120) is None
+            result = job.run("torchrun.mean", [{"tensor": torch.ones(numel)}] * 2, time_limit=60)
+            assert result.complete, result
+            if sandboxed:
+                expected = 2 * (2 - 1) * 4 * numel
+                assert 1.0 <= result.sent_bytes / expected < 1.05, (result.sent_bytes, expected)
+            else:
+                assert result.sent_bytes is None
