@@ -68,12 +68,15 @@ _NOTEBOOK_FILES: dict[tuple[str, str], Path] = {}
 
 def _notebook_files(kind: str, assignment: str) -> Path:
     """A folder with every %%writefile file of source/ (kind="source") or release/ (kind="release") <assignment>."""
+    import atexit
+    import shutil
     import tempfile
 
     from autograder.cells import write_notebook_files
 
     if (kind, assignment) not in _NOTEBOOK_FILES:
         folder = Path(tempfile.mkdtemp(prefix=f"course-{kind}-{assignment}-"))
+        atexit.register(shutil.rmtree, folder, True)   # one per test process: gone when it ends
         _NOTEBOOK_FILES[kind, assignment] = write_notebook_files(kind, assignment, folder)
     return _NOTEBOOK_FILES[kind, assignment]
 
