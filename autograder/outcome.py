@@ -33,6 +33,9 @@ class TaskResult:
     # libraries' code pages that VmRSS also counts (file-backed, paged in as code is first used):
     peak_private: list[int] = field(default_factory=list)    # bytes per rank, the most seen while it ran
     start_private: list[int] = field(default_factory=list)   # bytes per rank when the inputs were sent
+    # The exact peak of VmRSS per rank over the task (VmHWM, reset when the inputs were sent): empty where the reset
+    # was not allowed (meter.MemoryWindow.exact).
+    peak_resident: list[int] = field(default_factory=list)
     # GPU memory (NCCL jobs): what NVML says each rank's process uses on the device(s) (gpumemory.py).
     peak_device: list[int] = field(default_factory=list)
     start_device: list[int] = field(default_factory=list)

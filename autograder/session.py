@@ -176,8 +176,10 @@ class Job:
         for handle in self.ranks.values():
             handle.drop_pending()
         if window:
+            window.close()
             result.start_rss, result.start_private, result.peak_private = (window.start_rss, window.start_private,
                                                                            window.peak_private)
+            result.peak_resident = window.peak_resident
             result.start_device, result.peak_device = window.start_device, window.peak_device
         return result
 
