@@ -161,7 +161,7 @@ class Job:
             started = time.monotonic()
         window = MemoryWindow({r: h.pid for r, h in self.ranks.items()}, self.world_size,
                               device=self.profile.backend == "nccl") if measure_memory else None
-        sent_before = self.sent_bytes()
+        sent_before = self.sent_bytes() if part not in ("import", "prepare") else None   # a task's own traffic
         for rank, message in sorted(zip(range(self.world_size), messages)):
             handle = self.ranks.get(rank)
             if handle is not None and not handle.closed:
@@ -169,9 +169,9 @@ class Job:
         self._pump(deadline, lambda: all(h.inbox or h.closed for h in self.ranks.values()),
                    tick=window.poll if window else None)
         result = self._result(part, started, deadline, window.peak_rss if window else [0] * self.world_size)
-        sent_after = self.sent_bytes()
-        if sent_before is not None and sent_after is not None and part not in ("import", "prepare"):
-            result.sent_bytes = sent_after - sent_before
+        if sent_before is not None:
+            sent_after = self.sent_bytes()
+            result.sent_bytes = None if sent_after is None else sent_after - sent_before
         result.unread = [r for r, h in sorted(self.ranks.items()) if h.outbox and not h.closed]
         for handle in self.ranks.values():
             handle.drop_pending()

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from ...verdict import CheckFailed, expect
 from .. import Check, Run
-from ..fsdp import field, random_state, reply, tensors
+from ..fsdp import field, random_state, rank_batches, reply, tensors
 
 ATOL, RTOL = 1e-6, 1e-4
 LOSS_RTOL = 1e-4
@@ -51,15 +51,10 @@ def _spec(p: dict) -> dict:
 
 
 def _inputs(trial) -> list:
-    import torch
-
     p, ws = trial.params, trial.world_size
     spec = _spec(p)
     state = random_state(trial.generator(0), spec)
-    g = trial.generator(1)
-    size = p["image"]
-    batches = [[(torch.randn(p["micro_batch"], 3, size, size, generator=g),
-                 torch.randint(0, 10, (p["micro_batch"],), generator=g)) for _ in range(p["k"])] for _ in range(ws)]
+    batches = rank_batches(trial.generator(1), ws, p["k"], p["micro_batch"], size=p["image"])   # [rank][micro]
     return [{"model": {**spec, "state": state}, "batches": batches[r], "lr": p["lr"]} for r in range(ws)]
 
 

@@ -1,6 +1,7 @@
 """The trusted references of 09_efficiency (not in the student pack): what a correct implementation computes."""
 from __future__ import annotations
 
+
 def accumulated_step(spec: dict, state: dict, batches: list[list], *, lr: float) -> tuple[dict, list[float]]:
     """(parameters after, each rank's mean loss) of one plain SGD step on the concatenation of every rank's
     micro-batches [rank][i] = (inputs, labels), mean cross-entropy: what DDP with accumulation must produce.

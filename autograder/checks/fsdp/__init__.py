@@ -71,14 +71,14 @@ def random_state(generator, spec: dict) -> dict:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def rank_batches(generator, world_size: int, steps: int, per_rank: int) -> list[list]:
-    """[rank][step] = (images, labels): each rank's own slice of each step's global batch."""
+def rank_batches(generator, world_size: int, steps: int, per_rank: int, size: int = 64) -> list[list]:
+    """[rank][step] = (images, labels): each rank's own slice of each step's global batch (size x size images)."""
     import torch
 
     out = [[] for _ in range(world_size)]
     for _ in range(steps):
         for r in range(world_size):
-            out[r].append((torch.randn(per_rank, 3, 64, 64, generator=generator),
+            out[r].append((torch.randn(per_rank, 3, size, size, generator=generator),
                            torch.randint(0, 10, (per_rank,), generator=generator)))
     return out
 

@@ -57,7 +57,7 @@ def accumulate(ctx, learner, inputs):
     with float32():
         loss = learner.accumulation_step(ddp, optimizer, batches, F.cross_entropy)
     return {"loss": _loss(loss), "weights": _params(model), "optimizer_steps": counter.steps,
-            "synced_numel": sum(syncs), "gradient_numel": sum(p.numel() for p in model.parameters())}
+            "synced_numel": sum(syncs)}
 
 
 # ================================================================ efficiency.autocast
