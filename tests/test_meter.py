@@ -42,13 +42,14 @@ def _window_around(proc, mib: int) -> meter.MemoryWindow:
 def test_the_exact_peak_of_a_window_is_what_was_allocated_inside_it(holder, mib):
     """The reset happens when the window opens, so an earlier, larger peak does not count; the allocation is freed
     before the window closes and no poll ran: only the high-water mark saw it. Tolerance: the interpreter's own
-    pages for the loop (well under 4 MiB)."""
+    pages for the loop (well under 4 MiB) above, and below, the few pages of the earlier block the allocator returns
+    to the system after the window opened (seen: 64 MiB measured as 63.93 under load)."""
     _window_around(holder, 128)   # an earlier, larger peak
     window = _window_around(holder, mib)
     if not window.exact:
         pytest.skip("resetting VmHWM is not allowed here (not root, or the process is not dumpable)")
     added = window.peak_resident[0] - window.start_rss[0]
-    assert mib * 2**20 <= added < (mib + 4) * 2**20, (added / 2**20, mib)
+    assert (mib - 1) * 2**20 <= added < (mib + 4) * 2**20, (added / 2**20, mib)
     assert window.peak_rss == [0]   # never polled: the polled figure missed it entirely
 
 
