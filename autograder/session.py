@@ -150,10 +150,10 @@ class Job:
         messages = [{"do": "task", "part": part, "group": group, "time_limit": time_limit, "inputs": x}
                     for x in inputs]
         started = time.monotonic()
-        return self._exchange(part, messages, started + time_limit, started, measure_memory)
+        return self._exchange(part, messages, started + time_limit, started, measure_memory, count_sent=True)
 
     def _exchange(self, part: str, messages: list[dict], deadline: float, started: float,
-                  measure_memory: bool = False) -> TaskResult:
+                  measure_memory: bool = False, *, count_sent: bool = False) -> TaskResult:
         # The harness owns the measurement window: it opens (clock and memory) before the first byte is sent, and
         # inputs go out without blocking, each rank's as fast as it reads, all under one deadline. A rank that
         # stops reading its socket can neither freeze the harness nor start the clock late.
@@ -161,7 +161,7 @@ class Job:
             started = time.monotonic()
         window = MemoryWindow({r: h.pid for r, h in self.ranks.items()}, self.world_size,
                               device=self.profile.backend == "nccl") if measure_memory else None
-        sent_before = self.sent_bytes() if part not in ("import", "prepare") else None   # a task's own traffic
+        sent_before = self.sent_bytes() if count_sent else None   # a task's own traffic (not import, prepare)
         for rank, message in sorted(zip(range(self.world_size), messages)):
             handle = self.ranks.get(rank)
             if handle is not None and not handle.closed:
