@@ -26,6 +26,7 @@ from .config import course_root
 
 TRACEBACK = re.compile(r"^\s*(\[[^\]]*\]:?\s*)?Traceback \(most recent call last\):", re.MULTILINE)
 SHOWS_TRACEBACK = "shows-traceback"
+RANK_PREFIX = re.compile(r"^\[[^\]]*\]:?\s?")
 
 
 @dataclass
@@ -38,16 +39,28 @@ class NotebookRun:
 
 
 def printed_tracebacks(nb) -> list[str]:
-    """The first line of code of every cell whose printed output (stdout or stderr) holds a Python traceback,
-    except cells tagged SHOWS_TRACEBACK."""
+    """One line per cell whose printed output (stdout or stderr) holds a Python traceback, except cells tagged
+    SHOWS_TRACEBACK: "first line of code: the exception the traceback ends with"."""
     found = []
     for cell in nb.cells:
         if cell.cell_type != "code" or SHOWS_TRACEBACK in cell.get("metadata", {}).get("tags", []):
             continue
         printed = "".join(o.get("text", "") for o in cell.get("outputs", []) if o.get("output_type") == "stream")
-        if TRACEBACK.search(printed):
-            found.append(next((line for line in cell.source.splitlines() if line.strip()), "<empty cell>")[:80])
+        match = TRACEBACK.search(printed)
+        if match:
+            first = next((line for line in cell.source.splitlines() if line.strip()), "<empty cell>")[:80]
+            found.append(f"{first}: {_raised(printed[match.end():])}")
     return found
+
+
+def _raised(after_traceback: str) -> str:
+    """The exception line that ends a printed traceback (a rank's prefix such as "[rank1]: " removed): the first
+    line that is neither indented nor a "File ..." frame."""
+    for line in after_traceback.splitlines():
+        line = RANK_PREFIX.sub("", line, count=1)
+        if line.strip() and not line.startswith((" ", "\t")):
+            return line.strip()[:200]
+    return "a traceback in its output"
 
 
 def source_notebook(assignment: str) -> Path:
@@ -93,7 +106,7 @@ def run_notebook(notebook: Path, *, cell_timeout: float, save_to: Path | None = 
         except (CellExecutionError, DeadKernelError) as exc:
             status, message = "failed", str(exc).strip().splitlines()[-1][:300]
         errors, undecided = cell_errors(nb)
-        errors += [f"{cell}: a traceback in its output" for cell in printed_tracebacks(nb)]
+        errors += [f"a traceback printed by {cell}" for cell in printed_tracebacks(nb)]
         if status == "passed" and errors:
             status, message = "failed", "\n".join(errors)
         if save_to is not None:

@@ -81,7 +81,10 @@ def test_tracebacks_count_in_printed_output_unless_the_cell_shows_one_on_purpose
     nb.cells[0].outputs = [nbformat.v4.new_output("stream", name="stdout", text="all ranks finished\n")]
     assert printed_tracebacks(nb) == []
     nb.cells[0].outputs.append(nbformat.v4.new_output("stream", name="stdout", text="[rank0]:[W] warn\n"
-                                                      "Traceback (most recent call last):\n"))
-    assert printed_tracebacks(nb) == ["!torchrun demo.py"]
+                                                      "[rank0]: Traceback (most recent call last):\n"
+                                                      '[rank0]:   File "demo.py", line 3, in <module>\n'
+                                                      "[rank0]:     dist.barrier()\n"
+                                                      "[rank0]: RuntimeError: Connection closed by peer\n"))
+    assert printed_tracebacks(nb) == ["!torchrun demo.py: RuntimeError: Connection closed by peer"]
     nb.cells[0].metadata["tags"] = [SHOWS_TRACEBACK]   # 02's fault-tolerance demo: a crash on purpose
     assert printed_tracebacks(nb) == []
