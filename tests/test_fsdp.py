@@ -147,6 +147,30 @@ def test_batchnorm_statistics_left_per_rank_are_rejected_with_a_hint_that_names_
     assert "running_" in v.message and "average_batchnorm_statistics" in v.hint, v.to_text()
 
 
+def test_adam_strays_allow_an_element_here_and_there_but_not_a_tensor_that_moved():
+    """fsdp.train's weights rule: Adam turns a gradient that sums to about zero into a step of up to lr whose sign the
+    summation order decides (CI saw 1 element of 14.4 M off by 1.9e-4 in one draw, reproduced with its secret);
+    a training mistake moves a whole tensor."""
+    import torch
+
+    from autograder.checks.fsdp import adam_strays
+
+    want = {"conv.weight": torch.ones(48, 48), "bn.running_mean": torch.zeros(64),
+            "bn.num_batches_tracked": torch.tensor(4)}
+    got = {k: v.clone() for k, v in want.items()}
+    got["conv.weight"][3, 7] += 2e-4                       # one stray of 2304
+    assert adam_strays(got, want) == []
+    got["conv.weight"][:3] += 1e-2                         # rows 0-2, the stray among them: 144 of 2304
+    assert adam_strays(got, want) == [("conv.weight", 144, 2304)]
+    got = {k: v.clone() for k, v in want.items()}
+    got["bn.running_mean"] += 0.05                         # statistics left per rank: all of them differ
+    got["bn.num_batches_tracked"] = torch.tensor(5)        # a counter must be equal
+    assert [k for k, *_ in adam_strays(got, want)] == ["bn.running_mean", "bn.num_batches_tracked"]
+    got = {k: v.clone() for k, v in want.items()}
+    got["conv.weight"] = torch.ones(48, 47)                 # misshapen
+    assert adam_strays(got, want) == [("conv.weight", 2304, 2304)]
+
+
 # ---------------------------------------------------------------- forgeries
 
 PADDING = '''
