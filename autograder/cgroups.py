@@ -9,6 +9,8 @@ import time
 import uuid
 from pathlib import Path
 
+from .launch import signal_if
+
 PROCESSES = 512
 MEMORY_BYTES = 12 * 2**30   # everything in one sandbox (the machine has to hold --jobs sandboxes)
 
@@ -70,11 +72,8 @@ def kill_and_remove(groups: list[Path]) -> None:
                 break
             if not pids:
                 break
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            for pid in pids:   # still in the group once pinned: its pid has not gone to another process
+                signal_if(pid, signal.SIGKILL, lambda: f"/{group.name}\n" in Path(f"/proc/{pid}/cgroup").read_text())
             time.sleep(0.02)
         try:
             group.rmdir()

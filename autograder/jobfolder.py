@@ -18,6 +18,7 @@ import signal
 import tempfile
 import time
 from dataclasses import dataclass
+from typing import Callable
 from pathlib import Path
 
 LOG_TAIL = 4000
@@ -107,16 +108,13 @@ class JobFolder:
         except OSError:
             return 0
 
-    def dump_stacks(self, pids: dict[int, int]) -> None:
+    def dump_stacks(self, pids: dict[int, int], still_ours: Callable[[int], bool]) -> None:
         """Ask these ranks (rank -> pid) for their Python stacks (faulthandler writes stacks/rank<N>.txt on SIGUSR1)
-        and wait up to 2 s for them."""
-        asked = []
-        for rank, pid in pids.items():
-            try:
-                os.kill(pid, signal.SIGUSR1)
-                asked.append(rank)
-            except (ProcessLookupError, PermissionError):
-                pass
+        and wait up to 2 s for them. Only pids for which still_ours(pid) holds are signalled (a rank that exited has
+        left its pid to the next process, for which SIGUSR1 means "terminate")."""
+        from .launch import signal_if
+
+        asked = [rank for rank, pid in pids.items() if signal_if(pid, signal.SIGUSR1, lambda: still_ours(pid))]
         deadline = time.monotonic() + 2.0
         while time.monotonic() < deadline and not all(self.size(self.stack(r)) for r in asked):
             time.sleep(0.05)

@@ -9,6 +9,7 @@ process group they moved to) and returns only once they are gone.
 from __future__ import annotations
 
 import os
+import select
 import signal
 import socket
 import sys
@@ -40,18 +41,8 @@ def torchrun_command(nprocs: int, command: list[str], *, nnodes: int = 1,
 
 def processes_with_env(name: str, value: str) -> list[int]:
     """Pids (other than ours) whose environment has name=value: the job's processes, wherever they moved."""
-    needle = f"{name}={value}".encode()
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                if needle in f.read().split(b"\0"):
-                    pids.append(int(entry))
-        except OSError:
-            continue
-    return pids
+    return [int(entry) for entry in os.listdir("/proc")
+            if entry.isdigit() and int(entry) != os.getpid() and carries(int(entry), name, value)]
 
 
 def sweep(token: str, name: str = TOKEN_ENV) -> list[int]:
@@ -61,31 +52,42 @@ def sweep(token: str, name: str = TOKEN_ENV) -> list[int]:
         pids = processes_with_env(name, token)
         if not pids:
             break
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
+        for pid in pids:   # read again once pinned: a pid that changed hands since the scan is not ours to kill
+            if signal_if(pid, signal.SIGKILL, lambda: carries(pid, name, token)):
                 killed.append(pid)
-            except ProcessLookupError:
-                pass
         time.sleep(0.05)
     return killed
 
 
 def _children() -> dict[int, list[int]]:
     """parent pid -> child pids, for every live (not zombie) process."""
-    children: dict[int, list[int]] = {}
+    return {parent: [pid for pid, _ in kids] for parent, kids in _scan().items()}
+
+
+def _scan() -> dict[int, list[tuple[int, int]]]:
+    """parent pid -> (child pid, its start time), for every live (not zombie) process."""
+    children: dict[int, list[tuple[int, int]]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        state, ppid = stat[stat.rfind(b")") + 2:].split()[:2]
-        if state != b"Z":
-            children.setdefault(int(ppid), []).append(int(entry))
+        fields = _stat(int(entry))
+        if fields and fields[0] != b"Z":
+            children.setdefault(int(fields[1]), []).append((int(entry), int(fields[19])))
     return children
+
+
+def _stat(pid: int) -> list[bytes]:
+    """/proc/<pid>/stat's fields from the state on (state, ppid, ..., start time at [19]); [] if it is gone."""
+    stat = _read(f"/proc/{pid}/stat")
+    return stat[stat.rfind(b")") + 2:].split() if stat else []
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
 
 
 def trees(pids: list[int]) -> dict[int, set[int]]:
@@ -102,18 +104,61 @@ def trees(pids: list[int]) -> dict[int, set[int]]:
     return out
 
 
-def _tree(pid: int) -> set[int]:
-    """pid and its live descendants."""
-    return trees([pid])[pid]
+def _descendants(pid: int) -> dict[int, int]:
+    """pid's live descendants (not pid itself), each with its start time."""
+    children, found, todo = _scan(), {}, [pid]
+    while todo:
+        for child, start in children.get(todo.pop(), []):
+            if child not in found:
+                found[child] = start
+                todo.append(child)
+    return found
 
 
-def _alive(pid: int) -> bool:
+def _pin(pid: int, still_ours) -> int | None:
+    """A pidfd for `pid` if `still_ours()` holds once it is open, else None. A pidfd names one process: signals sent
+    through it can never reach a later process that the kernel gave the same pid (pids are reused once freed)."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
+        fd = os.pidfd_open(pid)
     except OSError:
+        return None
+    try:
+        ours = still_ours()
+    except OSError:   # its /proc entry is gone: it exited
+        ours = False
+    if ours:
+        return fd
+    os.close(fd)
+    return None
+
+
+def signal_if(pid: int, sig: int, still_ours) -> bool:
+    """Send `sig` to `pid` if `still_ours()` holds once the process is pinned (see `_pin`); whether it was sent."""
+    fd = _pin(pid, still_ours)
+    if fd is None:
         return False
-    return stat[stat.rfind(b")") + 2:][:1] != b"Z"
+    try:
+        _send(fd, sig)
+    finally:
+        os.close(fd)
+    return True
+
+
+def carries(pid: int, name: str, value: str) -> bool:
+    """Whether process `pid` has name=value in its environment (what every process of a job carries)."""
+    return f"{name}={value}".encode() in _read(f"/proc/{pid}/environ").split(b"\0")
+
+
+def _send(fd: int, sig: int) -> None:
+    try:
+        signal.pidfd_send_signal(fd, sig)
+    except OSError:   # already gone
+        pass
+
+
+def _ended(fd: int) -> bool:
+    """Whether the pidfd's process has exited (its pidfd is readable then)."""
+    return bool(select.select([fd], [], [], 0)[0])
 
 
 def stop_tree(proc, *, token: str | None = None, token_env: str = TOKEN_ENV, grace: float = 8.0) -> list[int]:
@@ -121,32 +166,40 @@ def stop_tree(proc, *, token: str | None = None, token_env: str = TOKEN_ENV, gra
 
     The tree is frozen first (SIGSTOP, repeated until no new process appears: a stopped process
     cannot fork), then killed, so nothing escapes by being reparented while we kill its parent;
-    processes that already left the tree are found by their token. Returns the pids still
-    alive after `grace` seconds (none, unless a process is stuck in the kernel).
+    processes that already left the tree are found by their token. Every process is signalled through
+    a pidfd opened while it was still the one found in the tree, so a process that exited meanwhile and
+    whose pid went to someone else's process is never touched; for the same reason a `proc` already
+    reaped (poll/wait returned) is not walked from: its pid may be another process's by now, and its
+    children have moved to another parent (the token finds them). Returns the pids still alive after
+    `grace` seconds (none, unless a process is stuck in the kernel).
     """
-    frozen: set[int] = set()
+    frozen: dict[int, int] = {}   # pid -> pidfd
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        new = _tree(proc.pid) - frozen   # proc itself is not reaped yet: its pid is not reused
-        if not new:
-            break
-        for pid in new:
-            _signal(pid, signal.SIGSTOP)
-        frozen |= new
-    for pid in frozen:
-        _signal(pid, signal.SIGKILL)
-    if token is not None:
-        sweep(token, token_env)
-    proc.wait()
-    left = [p for p in frozen if _alive(p)]
-    while left and time.monotonic() < deadline:
-        time.sleep(0.02)
-        left = [p for p in left if _alive(p)]
-    return left
-
-
-def _signal(pid: int, sig: int) -> None:
     try:
-        os.kill(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
+        if proc.returncode is None:   # not reaped yet: the pid is still proc's (a zombie keeps it)
+            own = _pin(proc.pid, lambda: proc.returncode is None)
+            if own is not None:
+                frozen[proc.pid] = own
+                _send(own, signal.SIGSTOP)
+        while frozen and time.monotonic() < deadline:
+            new = {pid: start for pid, start in _descendants(proc.pid).items() if pid not in frozen}
+            if not new:
+                break
+            for pid, start in new.items():
+                fd = _pin(pid, lambda: (_stat(pid) or [b""] * 20)[19] == str(start).encode())
+                if fd is not None:
+                    _send(fd, signal.SIGSTOP)
+                    frozen[pid] = fd
+        for fd in frozen.values():
+            _send(fd, signal.SIGKILL)
+        if token is not None:
+            sweep(token, token_env)
+        proc.wait()
+        left = [pid for pid, fd in frozen.items() if not _ended(fd)]
+        while left and time.monotonic() < deadline:
+            time.sleep(0.02)
+            left = [pid for pid in left if not _ended(frozen[pid])]
+        return left
+    finally:
+        for fd in frozen.values():
+            os.close(fd)

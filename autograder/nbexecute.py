@@ -53,14 +53,39 @@ def printed_tracebacks(nb) -> list[str]:
     return found
 
 
+def printed_tails(nb, lines: int = 60) -> str:
+    """The last `lines` lines each failing cell printed (a printed traceback or a raised error), for a failure
+    report: a rank that died by a signal prints no traceback of its own, only torchrun's summary says how it died."""
+    tails = []
+    for cell in nb.cells:
+        if cell.cell_type != "code" or SHOWS_TRACEBACK in cell.get("metadata", {}).get("tags", []):
+            continue
+        outputs = cell.get("outputs", [])
+        printed = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
+        if TRACEBACK.search(printed) or any(o.get("output_type") == "error" for o in outputs):
+            first = next((line for line in cell.source.splitlines() if line.strip()), "<empty cell>")[:80]
+            tails.append(f"--- {first} printed (last {lines} lines):\n" + "\n".join(printed.splitlines()[-lines:]))
+    return "\n".join(tails)
+
+
 def _raised(after_traceback: str) -> str:
     """The exception line that ends a printed traceback (a rank's prefix such as "[rank1]: " removed): the first
     line that is neither indented nor a "File ..." frame."""
     for line in after_traceback.splitlines():
         line = RANK_PREFIX.sub("", line, count=1)
         if line.strip() and not line.startswith((" ", "\t")):
-            return line.strip()[:200]
+            return line.strip()[:200] + _root_cause(after_traceback)
     return "a traceback in its output"
+
+
+def _root_cause(after_traceback: str) -> str:
+    """torchrun's summary of the first rank that failed (" (rank 1, exitcode -9: Signal 9 (SIGKILL) ...)"), where
+    the traceback is torchrun's ChildFailedError; "" otherwise."""
+    found = dict(re.findall(r"^\s*(rank|exitcode|traceback)\s*:\s*(.+)$", after_traceback, re.MULTILINE)[:3])
+    if "ChildFailedError" not in after_traceback or not found:
+        return ""
+    return (f" (rank {found.get('rank', '?').split()[0]}, exitcode {found.get('exitcode', '?').split()[0]}: "
+            f"{found.get('traceback', '?')[:120]})")
 
 
 def source_notebook(assignment: str) -> Path:

@@ -212,7 +212,8 @@ class Job:
         ends = [o.replied for o in outcomes if o is not None]
         seconds = (max(ends) if ends and not waiting else time.monotonic()) - started
         if timed_out:
-            self.folder.dump_stacks({r: self.ranks[r].pid for r in waiting if r in self.ranks})
+            self.folder.dump_stacks({r: self.ranks[r].pid for r in waiting if r in self.ranks},
+                                    lambda pid: launch.carries(pid, launch.TOKEN_ENV, self.token))
         return TaskResult(part=part, outcomes=outcomes, started=started, seconds=seconds, timed_out=timed_out,
                           problem=self.problem, peak_rss=peaks or [])
 

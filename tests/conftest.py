@@ -18,7 +18,7 @@ from typing import Callable
 
 import pytest
 
-from autograder.launch import processes_with_env
+from autograder.launch import carries, processes_with_env, signal_if
 
 CONTROLS = Path(__file__).parent / "controls"
 TEST_TAG = "COURSE_TEST_ID"
@@ -36,7 +36,7 @@ def no_process_outlives_the_test():
         time.sleep(0.1)
     described = [_describe(pid) for pid in left]
     for pid in left:
-        os.kill(pid, signal.SIGKILL)
+        signal_if(pid, signal.SIGKILL, lambda: carries(pid, TEST_TAG, tag))
     assert not left, "processes outlived the test:\n" + "\n".join(described)
 
 

@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from autograder.launch import signal_if
+
 DAEMONS = ("munged", "slurmctld", "slurmd")
 SBIN = Path("/usr/sbin")
 
@@ -118,14 +120,18 @@ def _wait_until_idle(env: dict[str, str], folder: Path, seconds: float = 60) -> 
 def _stop(pid_file: Path, seconds: float = 20) -> None:
     try:
         pid = int(pid_file.read_text().split()[0])
-        os.kill(pid, signal.SIGTERM)
     except (OSError, ValueError, IndexError):
+        return
+
+    def still_slurm() -> bool:   # a daemon that died earlier left its pid to some other process
+        return b"slurm" in Path(f"/proc/{pid}/cmdline").read_bytes()
+
+    if not signal_if(pid, signal.SIGTERM, still_slurm):
         return
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline and _alive(pid):
         time.sleep(0.1)
-    with contextlib.suppress(OSError):
-        os.kill(pid, signal.SIGKILL)
+    signal_if(pid, signal.SIGKILL, still_slurm)
 
 
 def _alive(pid: int) -> bool:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from autograder.launch import free_port, processes_with_env
+from autograder.launch import carries, free_port, processes_with_env, signal_if
 from conftest import solution
 
 pytestmark = pytest.mark.slow
@@ -132,10 +132,7 @@ class JupyterLab:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
         for pid in processes_with_env(SERVER_TAG, self.tag):   # kernels live in sessions of their own
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            signal_if(pid, signal.SIGKILL, lambda: carries(pid, SERVER_TAG, self.tag))
         self.log.close()
 
 

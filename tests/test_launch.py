@@ -164,3 +164,42 @@ def test_memory_of_a_rank_counts_what_it_started(tmp_path):
         assert result.complete, result
         grew = [peak - start for peak, start in zip(result.peak_rss, result.start_rss)]
         assert all(g > 250 * 2**20 for g in grew), grew
+
+
+def test_stopping_a_reaped_job_leaves_the_process_that_got_its_pid_alone():
+    """Pids are reused once freed (32768 of them here, threads included): a job whose process was already reaped
+    must not be walked from its old pid, which may name someone else's process (with its own children) by now."""
+    import subprocess
+
+    from autograder.launch import stop_tree, trees
+
+    job = subprocess.Popen(["true"])
+    job.wait()                                        # reaped: its pid is free
+    other = subprocess.Popen(["sh", "-c", "sleep 30 & wait"])
+    try:
+        time.sleep(0.3)
+        job.pid = other.pid                           # what a pid reuse looks like from the job's side
+        assert stop_tree(job, grace=2) == []
+        assert other.poll() is None and len(trees([other.pid])[other.pid]) == 2   # sh and its sleep, untouched
+    finally:
+        subprocess.run(["pkill", "-P", str(other.pid)])   # its sleep first: once sh is gone it has a new parent
+        other.kill()
+        other.wait()
+
+
+def test_a_sweep_kills_only_processes_that_still_carry_the_token(monkeypatch):
+    """Between the scan of /proc and the kill a found process may exit and its pid go to another process: the sweep
+    reads the token again through a pidfd (which names one process only) before it kills."""
+    import subprocess
+
+    from autograder import launch
+
+    other = subprocess.Popen(["sleep", "30"])        # carries no token
+    try:
+        calls = iter([[other.pid], []])
+        monkeypatch.setattr(launch, "processes_with_env", lambda name, value: next(calls))
+        assert launch.sweep("a-token") == []
+        assert other.poll() is None
+    finally:
+        other.kill()
+        other.wait()

@@ -14,7 +14,8 @@ import pytest
 from autograder import checks
 from autograder.config import SMOKE_ENV
 from autograder.course import load_course
-from autograder.nbexecute import SHOWS_TRACEBACK, printed_tracebacks, run_notebook, source_notebook
+from autograder.nbexecute import (SHOWS_TRACEBACK, printed_tails, printed_tracebacks, run_notebook,
+                                  source_notebook)
 from autograder.submissions import solved
 
 CELL_TIMEOUT = 600   # seconds per cell: the longest cells launch a torchrun training
@@ -42,6 +43,8 @@ def test_the_notebook_runs_top_to_bottom(assignment, tmp_path, monkeypatch):
     run = run_notebook(notebook, cell_timeout=CELL_TIMEOUT, save_to=tmp_path / "executed")
     print(f"\n{assignment}: {run.status} in {run.seconds:.0f} s {run.message}"
           + "".join(f"\n  undecided (busy machine): {u}" for u in run.undecided))
+    if run.status == "failed":   # what the failing cells printed, in the CI log (the executed notebook is not kept)
+        print(printed_tails(nbformat.read(tmp_path / "executed" / notebook.name, as_version=4)))
     assert run.status == "passed", run
 
 
@@ -69,8 +72,11 @@ def test_every_failing_cell_is_reported_and_an_undecided_measurement_is_not_a_fa
 def test_a_printed_traceback_fails_a_run_whose_cells_all_succeeded(tmp_path):
     """What a `!torchrun` launch shows when its ranks crash: the cell itself returns normally."""
     crashed = "print('[rank1]: Traceback (most recent call last):\\n  File \"train.py\"')"
-    run = run_notebook(_notebook("print('hello')", crashed, path=tmp_path / "crashed.ipynb"), cell_timeout=60)
+    run = run_notebook(_notebook("print('hello')", crashed, path=tmp_path / "crashed.ipynb"), cell_timeout=60,
+                       save_to=tmp_path / "executed")
     assert run.status == "failed" and "[rank1]" in run.message, run
+    tails = printed_tails(nbformat.read(tmp_path / "executed" / "crashed.ipynb", as_version=4))
+    assert 'File "train.py"' in tails and "hello" not in tails, tails   # the failing cell's output, only its
     fine = run_notebook(_notebook("import sys\nprint('a warning', file=sys.stderr)", path=tmp_path / "ok.ipynb"),
                         cell_timeout=60)
     assert fine.status == "passed", fine
@@ -88,3 +94,17 @@ def test_tracebacks_count_in_printed_output_unless_the_cell_shows_one_on_purpose
     assert printed_tracebacks(nb) == ["!torchrun demo.py: RuntimeError: Connection closed by peer"]
     nb.cells[0].metadata["tags"] = [SHOWS_TRACEBACK]   # 02's fault-tolerance demo: a crash on purpose
     assert printed_tracebacks(nb) == []
+
+
+def test_a_rank_killed_by_a_signal_is_named_from_torchruns_summary():
+    """A rank that dies by a signal prints no traceback of its own: only torchrun's ChildFailedError does, and its
+    summary says which rank died and how."""
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("!torchrun train.py")])
+    nb.cells[0].outputs = [nbformat.v4.new_output("stream", name="stdout", text=(
+        "Traceback (most recent call last):\n  File \"torchrun\", line 8, in <module>\n"
+        "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: \n"
+        "Root Cause (first observed failure):\n[0]:\n  time      : 2026-12-05_14:02:11\n"
+        "  rank      : 1 (local_rank: 1)\n  exitcode  : -9 (pid: 4242)\n  error_file: <N/A>\n"
+        "  traceback : Signal 9 (SIGKILL) received by PID 4242\n"))]
+    assert printed_tracebacks(nb) == ["!torchrun train.py: torch.distributed.elastic.multiprocessing.errors."
+                                      "ChildFailedError: (rank 1, exitcode -9: Signal 9 (SIGKILL) received by PID 4242)"]
