@@ -78,17 +78,28 @@ def environment(values: dict[str, str | None]):
 # ------------------------------------------------------------------ models from specs
 
 def build_model(spec: dict):
-    """A model from a spec the harness sent: {"kind": "eurosat", "width", "blocks", "norm", "state"?}.
+    """A model from a spec the harness sent: {"kind": "eurosat", "width", "blocks", "norm", "state"?}, or
+    {"kind": "mlp", "width", "hidden", "blocks", "state"?}: `blocks` residual-free MLP blocks (Linear width ->
+    hidden, GELU, Linear hidden -> width), then a Linear to 10 classes: activations (batch x hidden per block)
+    that dwarf the weights, for checks that measure what activation checkpointing saves.
 
     With "state" (a state dict) the weights are loaded exactly; without it the model keeps
     the initialisation of whatever random state is current.
     """
+    from torch import nn
+
     from eurosat.model import EuroSATNet
 
-    if spec.get("kind", "eurosat") != "eurosat":
-        raise ValueError(f"unknown model kind {spec.get('kind')!r}")
-    model = EuroSATNet(width=int(spec.get("width", 16)), blocks=int(spec.get("blocks", 3)),
-                       norm=bool(spec.get("norm", True)))
+    kind = spec.get("kind", "eurosat")
+    if kind == "eurosat":
+        model = EuroSATNet(width=int(spec.get("width", 16)), blocks=int(spec.get("blocks", 3)),
+                           norm=bool(spec.get("norm", True)))
+    elif kind == "mlp":
+        width, hidden = int(spec["width"]), int(spec["hidden"])
+        model = nn.Sequential(*[nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
+                                for _ in range(int(spec["blocks"]))], nn.Linear(width, 10))
+    else:
+        raise ValueError(f"unknown model kind {kind!r}")
     if spec.get("state") is not None:
         model.load_state_dict(spec["state"], strict=True)
     return model
