@@ -51,7 +51,8 @@ MISTAKES: dict[str, list[tuple[str, str | tuple[str, str], str]]] = {
                         ("scratch.zero1", "scratch/zero1_whole_optimizer.py", "each rank stepped the whole model")],
     "09_efficiency": [("efficiency.accumulate", "efficiency/accumulate_not_divided.py",
                        "Divide each micro-batch's loss"),
-                      ("efficiency.autocast", "efficiency/autocast_scaler_step_bypassed.py", "scaler.step(optimizer)")],
+                      ("efficiency.autocast", "efficiency/autocast_scaler_step_bypassed.py", "scaler.step(optimizer)"),
+                      ("efficiency.checkpointing", "efficiency/checkpointing_nothing.py", "too little) is checkpointed")],
 }
 
 # Assignments whose checks run at 1 rank too:
