@@ -52,7 +52,8 @@ MISTAKES: dict[str, list[tuple[str, str | tuple[str, str], str]]] = {
     "09_efficiency": [("efficiency.accumulate", "efficiency/accumulate_not_divided.py",
                        "Divide each micro-batch's loss"),
                       ("efficiency.autocast", "efficiency/autocast_scaler_step_bypassed.py", "scaler.step(optimizer)"),
-                      ("efficiency.checkpointing", "efficiency/checkpointing_nothing.py", "too little) is checkpointed")],
+                      ("efficiency.checkpointing", "efficiency/checkpointing_nothing.py", "too little) is checkpointed"),
+                      ("efficiency.fsdp_mixed", "efficiency/fsdp_mixed_bf16_reduce.py", "reduce_dtype=torch.float32")],
 }
 
 # Assignments whose checks run at 1 rank too:

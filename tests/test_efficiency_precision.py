@@ -1,5 +1,5 @@
-"""09_efficiency: efficiency.accumulate and efficiency.autocast (gloo, CPU ranks), and the bytes every task's result
-carries (TaskResult.sent_bytes, read by the harness on the job's own loopback).
+"""09_efficiency: efficiency.accumulate, efficiency.autocast and efficiency.fsdp_mixed (gloo, CPU ranks), and the
+bytes every task's result carries (TaskResult.sent_bytes, read by the harness on the job's own loopback).
 
 The reference is the source notebook's efficiency_parts.py; each control is that function with one mistake, and
 must fail with a hint naming it."""
@@ -64,10 +64,40 @@ def test_autocast_reference_passes_and_mistakes_are_named(name, words):
     assert all(w in text for w in words), v.to_text()
 
 
+# ---------------------------------------------------------------- fsdp_mixed
+
+@pytest.mark.slow
+@pytest.mark.parametrize("world_size", [1, 3])
+def test_reference_shards_with_bf16_compute_and_fp32_reduction(world_size):
+    v = run_check("efficiency.fsdp_mixed", module=_parts(), world_size=world_size)
+    assert v.passed, v.to_text()
+    if world_size > 1:
+        require_sandbox()
+        sent = v.details["bytes"]
+        assert 0.95 <= sent["yours"] / sent["reference"] <= 1.05, sent   # the same sharding: the same messages
+        assert sent["yours"] / sent["fp32"] < 0.85, sent   # measured 0.77: all-gathers in bf16, reductions in fp32
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,world_size,words", [
+    ("fsdp_mixed_no_policy", 2, ["match fp32 training without a policy", "MixedPrecisionPolicy"]),
+    ("fsdp_mixed_bf16_reduce", 3, ["reduced in bf16", "reduce_dtype=torch.float32"]),
+    ("fsdp_mixed_root_only", 2, ["right weights", "only the root was sharded", "Shard each block"]),
+    ("fsdp_mixed_cast_model", 2, ["cast to bf16", "Do not cast the model"]),
+])
+def test_fsdp_mixed_mistakes_are_named(name, world_size, words):
+    if name == "fsdp_mixed_root_only":
+        require_sandbox()   # judged on bytes only
+    v = run_check("efficiency.fsdp_mixed", module=control("efficiency", name), world_size=world_size)
+    assert not v.passed
+    text = v.message + " " + v.hint
+    assert all(w in text for w in words), v.to_text()
+
+
 # ---------------------------------------------------------------- the blank stub, the bytes measurement
 
 @pytest.mark.slow
-@pytest.mark.parametrize("exercise", ["efficiency.accumulate", "efficiency.autocast"])
+@pytest.mark.parametrize("exercise", ["efficiency.accumulate", "efficiency.autocast", "efficiency.fsdp_mixed"])
 def test_blank_stub_fails(exercise):
     module = stub("09_efficiency", "efficiency_parts.py")
     v = run_check(exercise, module=module)

@@ -54,3 +54,38 @@ def autocast_step(spec: dict, state: dict, x, y, *, lr: float, dtype: str | None
             scaler.update()
     return {"loss": loss.item(), "weights": {n: p.detach().clone() for n, p in model.named_parameters()},
             "scale": float(scaler.get_scale()) if scaler is not None else None}
+
+
+def sharded_mixed_steps(spec: dict, state: dict, batches: list[list], *, lr: float, param_dtype: str | None,
+                        reduce_dtype: str = "float32") -> dict:
+    """Parameters after plain SGD steps as FSDP2 computes them with MixedPrecisionPolicy(param_dtype, reduce_dtype)
+    on len(batches) ranks, rank r training on batches[r][step] = (images, labels); param_dtype None: no policy.
+
+    One process does what every rank does: forward and backward on a copy of the weights cast to param_dtype (the
+    all-gathered parameters; FSDP casts the model's inputs too), the gradients cast to reduce_dtype and averaged
+    over ranks (the reduce-scatter), then the step on the fp32 weights. Measured against FSDP2 on 2 and 3 gloo
+    ranks: the same numbers to the last bit."""
+    import copy
+
+    import torch
+    import torch.nn.functional as F
+
+    from ...rank.toolkit import build_model
+    from .. import one_thread
+
+    compute = getattr(torch, param_dtype) if param_dtype else torch.float32
+    reduce = getattr(torch, reduce_dtype) if param_dtype else torch.float32
+    with one_thread():
+        model = build_model({**spec, "state": state})
+        for step in range(len(batches[0])):
+            total = None
+            for rank in batches:
+                images, labels = rank[step]
+                replica = copy.deepcopy(model).to(compute)
+                F.cross_entropy(replica(images.to(compute)), labels).backward()
+                grads = [p.grad.to(reduce) for p in replica.parameters()]
+                total = grads if total is None else [a + b for a, b in zip(total, grads)]
+            with torch.no_grad():
+                for p, g in zip(model.parameters(), total):
+                    p.add_((g / len(batches)).float(), alpha=-lr)
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
