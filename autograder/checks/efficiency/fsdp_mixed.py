@@ -110,6 +110,9 @@ def _judge_weights(run: Run, outcomes) -> str:
                "bf16 loses digits at every step. " + HINT)
         if len(policies) < 1 + len(units.get("blocks") or []):
             raise CheckFailed(figure, "Every block and the root must be sharded with the policy. " + HINT)
+        if any(u.get("param") not in (None, "torch.bfloat16") for u in policies):
+            raise CheckFailed(f"{figure}: some fully_shard calls had no bf16 policy",
+                              "Pass the same policy to every fully_shard call. " + HINT)
         raise CheckFailed(figure, HINT)
     return "every rank's shards equal bf16 compute with an fp32 reduction of the gradients"
 

@@ -89,3 +89,27 @@ def sharded_mixed_steps(spec: dict, state: dict, batches: list[list], *, lr: flo
                 for p, g in zip(model.parameters(), total):
                     p.add_((g / len(batches)).float(), alpha=-lr)
     return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def adam_steps(spec: dict, state: dict, batches: list, *, lr: float, reset_at: int | None = None) -> dict:
+    """{"weights", "losses"}: Adam on each whole global batch (images, labels) in turn, in one process; with
+    `reset_at`, a fresh Adam from that step on (a resume that lost the optimizer's state)."""
+    import torch
+    import torch.nn.functional as F
+
+    from ...rank.toolkit import build_model
+    from .. import one_thread
+
+    with one_thread():
+        model = build_model({**spec, "state": state})
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+        losses = []
+        for i, (images, labels) in enumerate(batches):
+            if i == reset_at:
+                optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+            optimizer.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(images), labels)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+    return {"weights": {n: p.detach().clone() for n, p in model.named_parameters()}, "losses": losses}

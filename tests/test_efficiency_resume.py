@@ -1,0 +1,61 @@
+"""09_efficiency: efficiency.resume (gloo, CPU ranks): a training state saved sharded at 2 ranks by the notebook's
+reference resumes at 3 and at 1 exactly where uninterrupted training would be; each control fails with a hint
+naming its mistake."""
+from __future__ import annotations
+
+import pytest
+
+from autograder import run_check
+from conftest import control, require_sandbox, solution, stub
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("load_ranks", [3, 1])
+def test_reference_resumes_at_another_world_size(load_ranks):
+    v = run_check("efficiency.resume", module=solution("09_efficiency", "efficiency_parts.py"), load_ranks=load_ranks)
+    assert v.passed, v.to_text()
+    resume = v.details["resume"]
+    assert sum(n.endswith(".distcp") for n in resume["files"]) == 2, resume["files"]   # one per saving rank
+    require_sandbox()
+    assert resume["save_bytes"] < 0.2 * resume["state_bytes"], resume   # measured 0.08x: DCP's plans only
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,words", [
+    ("resume_full_on_rank0", ["gathered", "every rank"]),
+    ("resume_no_optimizer", ["restarted with no state", "optimizer's state dict"]),
+    ("resume_step_not_restored", ["returned 0", "Save the step"]),
+    (None, ["NotImplementedError"]),
+])
+def test_resume_mistakes_are_named(name, words):
+    module = stub("09_efficiency", "efficiency_parts.py") if name is None else control("efficiency", name)
+    v = run_check("efficiency.resume", module=module)
+    assert not v.passed
+    text = v.message + " " + v.hint
+    assert all(w in text for w in words), v.to_text()
+
+
+@pytest.mark.parametrize("found,words", [
+    ({"kind": "missing"}, ["wrote nothing"]),
+    ({"kind": "file"}, ["one file, not a folder of shards"]),
+    ({"kind": "folder", "files": {"model.pt": b"x" * 100}}, ["without DCP's .metadata"]),
+    ({"kind": "folder", "files": {".metadata": b"m", "__0_0.distcp": b"x" * 100}}, ["not sharded", "ranks [0]"]),
+    ({"kind": "folder", "files": {".metadata": b"m", "__0_0.distcp": b"x" * 90, "__1_0.distcp": b"x" * 10}},
+     ["not sharded", "the largest 90%"]),
+])
+def test_a_checkpoint_folder_not_written_by_every_rank_is_named(found, words):
+    """The layout read on its own (the launched controls fail on bytes first where the sandbox measures them)."""
+    from autograder.checks.efficiency.resume import ResumeThresholds, _checkpoint_files
+    from autograder.verdict import CheckFailed
+
+    with pytest.raises(CheckFailed) as failed:
+        _checkpoint_files(found, 2, ResumeThresholds(max_file_share=0.75, max_gathered=0.5))
+    assert all(w in failed.value.message for w in words), failed.value.message
+
+
+def test_a_sharded_folder_passes_the_layout():
+    from autograder.checks.efficiency.resume import ResumeThresholds, _checkpoint_files
+
+    files = {".metadata": b"m", "__0_0.distcp": b"x" * 52, "__1_0.distcp": b"x" * 48}
+    _, layout = _checkpoint_files({"kind": "folder", "files": files}, 2, ResumeThresholds(0.75, 0.5))
+    assert "ranks [0, 1], the largest 52%" in layout
