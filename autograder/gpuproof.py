@@ -53,7 +53,7 @@ MISTAKES: dict[str, list[tuple[str, str | tuple[str, str], str]]] = {
                        "Divide each micro-batch's loss"),
                       ("efficiency.autocast", "efficiency/autocast_scaler_step_bypassed.py", "scaler.step(optimizer)"),
                       ("efficiency.checkpointing", "efficiency/checkpointing_nothing.py", "too little) is checkpointed"),
-                      ("efficiency.fsdp_mixed", "efficiency/fsdp_mixed_bf16_reduce.py", "reduce_dtype=torch.float32"),
+                      ("efficiency.fsdp_mixed", "efficiency/fsdp_mixed_bf16_reduce.py", "fp32 reduce_dtype"),
                       ("efficiency.resume", "efficiency/resume_no_optimizer.py", "restarted with no state")],
 }
 

@@ -11,7 +11,7 @@ load_training_state and train `steps_after` more steps on the same global batche
 
 Evidence, from outside the learner's processes:
 - the continued training: the full weights after it equal `steps_before + steps_after` Adam steps on the whole
-  global batches in one process (reference.adam_steps; ATOL + RTOL: reduce-scatter and one process sum in other
+  global batches in one process (adam_steps; ATOL + RTOL: reduce-scatter and one process sum in other
   orders), and load_training_state returned the saved step;
 - sharded: the checkpoint is a folder with DCP's metadata and a data file written by every saving rank, none
   holding more than `max_file_share` of the data; and the save sent fewer bytes over the job's loopback than
@@ -26,14 +26,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...verdict import CheckFailed, expect
-from .. import Check
+from .. import Check, one_thread
 from ..fsdp import field, random_state, reply
 
 ATOL, RTOL = 1e-5, 1e-4
-HINT = ("Save with dcp.save({'model': ..., 'optimizer': ..., 'step': step}, checkpoint_id=path), the state dicts from "
-        "get_state_dict(model, optimizer) (sharded: each rank keeps its shards); load by building the same dict from "
-        "the new model and optimizer, dcp.load(state, checkpoint_id=path), then set_state_dict(...) and return "
-        "state['step'].")
+HINT = ("Save: the state dicts get_state_dict(model, optimizer) returns (sharded: each rank keeps its shards) and the "
+        "step, in one dict, written by dcp.save on every rank. Load: build the same dict from the new model and "
+        "optimizer, let dcp.load fill it in place, put it back with set_state_dict, and return the step it holds.")
 
 
 @dataclass(frozen=True)
@@ -44,6 +43,29 @@ class ResumeThresholds:
 
 def _spec(p: dict) -> dict:
     return {"kind": "eurosat", "width": p["width"], "blocks": p["blocks"], "norm": False}
+
+
+def adam_steps(spec: dict, state: dict, batches: list, *, lr: float, reset_at: int | None = None) -> dict:
+    """{"weights", "losses"}: Adam on each whole global batch (images, labels) in turn, in one process; with
+    `reset_at`, a fresh Adam from that step on (a resume that lost the optimizer's state)."""
+    import torch
+    import torch.nn.functional as F
+
+    from ...rank.toolkit import build_model
+
+    with one_thread():
+        model = build_model({**spec, "state": state})
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+        losses = []
+        for i, (images, labels) in enumerate(batches):
+            if i == reset_at:
+                optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+            optimizer.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(images), labels)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+    return {"weights": {n: p.detach().clone() for n, p in model.named_parameters()}, "losses": losses}
 
 
 def _global_batches(trial) -> list:
@@ -98,8 +120,6 @@ def _judge_save_bytes(sent: int | None, state_bytes: int, t) -> str:
 def _measure(m):
     import torch
 
-    from . import reference
-
     p, t = m.trial.params, m.trial.thresholds
     save_ranks, load_ranks = p["save_ranks"], p["load_ranks"]
     spec = _spec(p)
@@ -128,7 +148,7 @@ def _measure(m):
     m.run(loader, "efficiency.resume", [{**common, "phase": "put", "files": files}] * load_ranks)
     loaded = m.run(loader, "efficiency.resume", [{**common, "phase": "load", "model": {**spec, "state": other},
                                                   "batches": rank} for rank in _sliced(after, load_ranks)])
-    want = reference.adam_steps(spec, state, batches, lr=p["lr"])
+    want = adam_steps(spec, state, batches, lr=p["lr"])
     for o in loaded.outcomes:
         got = field(o, "step", (int, str))
         expect(got == step, f"rank {o.rank}: load_training_state returned {got!r}; the state was saved at step {step}",
@@ -138,7 +158,7 @@ def _measure(m):
         g = weights.get(name)
         ok = isinstance(g, torch.Tensor) and g.shape == w.shape and bool(((g - w).abs() <= ATOL + RTOL * w.abs()).all())
         if not ok:
-            fresh = reference.adam_steps(spec, state, batches, lr=p["lr"], reset_at=p["steps_before"])["weights"][name]
+            fresh = adam_steps(spec, state, batches, lr=p["lr"], reset_at=p["steps_before"])["weights"][name]
             no_moments = isinstance(g, torch.Tensor) and g.shape == fresh.shape and bool(
                 ((g - fresh).abs() <= ATOL + RTOL * fresh.abs()).all())
             expect(not no_moments, f"resumed at {load_ranks} rank(s), the weights after {p['steps_after']} more steps "
