@@ -39,6 +39,7 @@ def test_resume_mistakes_are_named(name, words):
     ({"kind": "missing"}, ["wrote nothing"]),
     ({"kind": "file"}, ["one file, not a folder of shards"]),
     ({"kind": "folder", "files": {"model.pt": b"x" * 100}}, ["without DCP's .metadata"]),
+    ({"kind": "folder", "files": {".metadata": b"m", "../__0_0.distcp": b"x"}}, ["not plain file names"]),
     ({"kind": "folder", "files": {".metadata": b"m", "__0_0.distcp": b"x" * 100}}, ["not sharded", "ranks [0]"]),
     ({"kind": "folder", "files": {".metadata": b"m", "__0_0.distcp": b"x" * 90, "__1_0.distcp": b"x" * 10}},
      ["not sharded", "the largest 90%"]),

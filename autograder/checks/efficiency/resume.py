@@ -92,6 +92,8 @@ def _checkpoint_files(found: dict, save_ranks: int, t) -> tuple[dict, str]:
     files = found.get("files")
     expect(isinstance(files, dict) and all(isinstance(v, bytes) for v in files.values()),
            "the checkpoint's files could not be read back", HINT)
+    expect(all(isinstance(n, str) and n and "/" not in n and n not in (".", "..") for n in files),
+           "the checkpoint's folder lists names that are not plain file names", HINT)
     expect(".metadata" in files, f"the checkpoint folder holds {sorted(files)[:4]}, without DCP's .metadata",
            "Write it with torch.distributed.checkpoint (dcp.save). " + HINT)
     data = {n: len(b) for n, b in files.items() if n.endswith(".distcp")}
@@ -170,7 +172,8 @@ def _measure(m):
     losses = [sum(reply(o)["losses"][i] for o in loaded.outcomes) / load_ranks for i in range(len(after))]
     details = {"resume": {"losses_uninterrupted": want["losses"], "losses_resumed": losses,
                           "steps_before": p["steps_before"], "save_ranks": save_ranks, "load_ranks": load_ranks,
-                          "files": {n: len(b) for n, b in files.items()}, "save_bytes": saved.sent_bytes, "state_bytes": state_bytes}}
+                          "files": {n: len(b) for n, b in files.items()}, "save_bytes": saved.sent_bytes,
+                          "state_bytes": state_bytes}}
     return (f"saved at {save_ranks} ranks ({layout}; {bytes_figure}), resumed at {load_ranks}: step {step} back, "
             f"{p['steps_after']} more steps equal training without interruption"), details
 

@@ -3,14 +3,13 @@ learner's save_training_state at one world size; in another job, at another worl
 loaded by the learner's load_training_state and trained on. The checkpoint's files travel from one job to the
 other through the harness.
 
-What goes back: the losses of the steps this rank ran, the step load_training_state returned, and the full
-parameters after the continued steps, and the checkpoint's files; what the part observes (whether any rank called torch.save, or a gathering state dict) only names a failure.
+What goes back: the losses of the steps this rank ran, the step load_training_state returned, the full parameters
+after the continued steps, and the checkpoint's files. Whether the state was gathered is read from outside: the
+bytes the save sent.
 """
 from __future__ import annotations
 
-from contextlib import ExitStack
-
-from ...toolkit import build_model, float32, patched
+from ...toolkit import build_model, float32
 
 _TRAINED = {}   # folder -> (model, optimizer): the "train" task's, for the "save" task that follows in this process
 
@@ -64,9 +63,9 @@ def resume(ctx, learner, inputs):
     """inputs: {"folder": the checkpoint's name in the job's scratch folder, "phase": "train" (build the harness's
     model from inputs["model"], train it on this rank's "batches" with Adam at "lr"), "save" (the trained model and
     optimizer through save_training_state at inputs["step"]: a task of its own, so that the bytes it sends are
-    the save's), or "load" (a model from inputs["model"] through load_training_state, then trained on "batches")}."""
+    the save's), "files" and "put" (the checkpoint's files read out of, or written into, the scratch folder), or
+    "load" (a model from inputs["model"] through load_training_state, then trained on "batches")}."""
     import torch
-    import torch.distributed.checkpoint as dcp
 
     device = torch.device(ctx.device)
     path = str(ctx.scratch / inputs["folder"])
@@ -78,22 +77,11 @@ def resume(ctx, learner, inputs):
             losses = _train(model, optimizer, inputs["batches"], device)
         _TRAINED[inputs["folder"]] = model, optimizer
         return {"losses": losses}
-    calls = []
-
-    def watched(name, original):
-        def call(*args, **kwargs):
-            calls.append(name)
-            return original(*args, **kwargs)
-        return call
-
-    with float32(), ExitStack() as stack:
-        for owner, name in ((torch, "save"), (dcp, "save")):
-            stack.enter_context(patched(owner, name, watched(f"{owner.__name__}.{name}", getattr(owner, name)),
-                                        learner))
+    with float32():
         if inputs["phase"] == "save":
             model, optimizer = _TRAINED.pop(inputs["folder"])
             learner.save_training_state(model, optimizer, inputs["step"], path)
-            return {"calls": calls}
+            return {}
         model, optimizer = _sharded_model(inputs, device, ctx.world_size)
         step = learner.load_training_state(model, optimizer, path)
         losses = _train(model, optimizer, inputs["batches"], device)
