@@ -31,7 +31,8 @@ from dataclasses import dataclass
 
 from ...verdict import CheckFailed, expect
 from .. import Check, Run
-from ..fsdp import field, random_state, rank_batches, reply, tensors
+from ..draws import random_state, rank_batches
+from ..replies import field, reply, tensors
 
 ATOL, RTOL = 1e-6, 1e-4
 LOSS_RTOL = 1e-4

@@ -25,7 +25,8 @@ import math
 
 from ...verdict import CheckFailed, expect
 from .. import Check, Run
-from ..fsdp import field, random_state
+from ..draws import random_state
+from ..replies import field
 
 CLOSE, LOOSE = 0.1, 0.1
 SCALE, OVERFLOW_SCALE = 2.0**10, 2.0**40

@@ -35,8 +35,9 @@ from dataclasses import dataclass
 
 from ...verdict import CheckFailed, Inconclusive, expect
 from .. import Check, one_thread
-from ..fsdp import field, random_state
+from ..draws import random_state
 from ..fsdp.train import ALLOCATOR
+from ..replies import field
 
 ATOL, RTOL = 1e-6, 1e-4
 MODULE = "efficiency_parts.py"

@@ -26,7 +26,9 @@ from dataclasses import dataclass
 
 from ...verdict import CheckFailed, expect
 from .. import Check, Run, one_thread
-from ..fsdp import chunk_of, field, rank_batches, random_state, tensors
+from ..draws import rank_batches, random_state
+from ..fsdp import chunk_of
+from ..replies import field, tensors
 
 MODULE = "efficiency_parts.py"
 ATOL = 1e-7   # float32 rounding of weights ~0.1; the tolerance that matters is update_rtol

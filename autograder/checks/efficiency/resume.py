@@ -27,7 +27,8 @@ from dataclasses import dataclass
 
 from ...verdict import CheckFailed, expect
 from .. import Check, one_thread
-from ..fsdp import field, random_state, reply
+from ..draws import random_state
+from ..replies import field, reply
 
 ATOL, RTOL = 1e-5, 1e-4
 HINT = ("Save: the state dicts get_state_dict(model, optimizer) returns (sharded: each rank keeps its shards) and the "

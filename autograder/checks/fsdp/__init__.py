@@ -22,8 +22,9 @@ import re
 import zipfile
 from typing import Any
 
-from ...verdict import CheckFailed
 from .. import one_thread, saved  # noqa: F401 (one_thread: the assignment's checks import it from here)
+from ..draws import random_state, rank_batches  # noqa: F401 (the assignment's checks import them from here)
+from ..replies import TAMPERED_HINT, field, reply, tensors  # noqa: F401 (likewise)
 from ..saved import is_state_dict  # noqa: F401 (the assignment's checks import it from here)
 
 ATOL, RTOL = 1e-4, 1e-3
@@ -32,8 +33,6 @@ TWICE = "can only be applied to a module once"   # fully_shard's own error messa
 TWICE_HINT = ("fully_shard was applied twice to the same module. model.blocks() already lists every "
               "block and the head: call fully_shard once on each of them, then once on the model "
               "(and call shard_model only once per model).")
-TAMPERED_HINT = ("The course's rank driver sends back what your functions returned; something in your files "
-                 "changed it. Do not patch the course's own modules (autograder.*) from your code.")
 SHARDED_MARKS = ("DTensor", "ShardedTensor", "torch.distributed")   # in a pickle: a sharded-only checkpoint
 
 
@@ -56,33 +55,7 @@ def explain(error: dict) -> str | None:
     return None
 
 
-# ------------------------------------------------------------------ secret models and data
-
-def random_state(generator, spec: dict) -> dict:
-    """The state dict of the EuroSATNet `spec` describes, with PyTorch's own initialisation seeded from the
-    generator (so it looks like a real model's); the global RNG is left as it was (a notebook kernel's)."""
-    import torch
-
-    from ...rank.toolkit import build_model
-
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = build_model(spec)
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def rank_batches(generator, world_size: int, steps: int, per_rank: int, size: int = 64) -> list[list]:
-    """[rank][step] = (images, labels): each rank's own slice of each step's global batch (size x size images)."""
-    import torch
-
-    out = [[] for _ in range(world_size)]
-    for _ in range(steps):
-        for r in range(world_size):
-            out[r].append((torch.randn(per_rank, 3, size, size, generator=generator),
-                           torch.randint(0, 10, (per_rank,), generator=generator)))
-    return out
-
+# ------------------------------------------------------------------ FSDP's layout and tolerance
 
 def chunk_of(full, rank: int, world_size: int):
     """The rows of `full` that rank `rank` holds under FSDP2's Shard(0): torch.chunk's, empty past the end."""
@@ -102,35 +75,6 @@ def excess(got, want) -> float:
         return -ATOL if got.dtype == want.dtype and bool((got == want).all()) else math.inf
     got, want = got.detach().to(want.dtype), want.detach()   # float32: the tolerance is far above its rounding
     return float(((got - want).abs() - (ATOL + RTOL * want.abs())).max())
-
-
-# ------------------------------------------------------------------ what the ranks sent (untrusted)
-
-def reply(outcome) -> dict:
-    """A rank's result, which the rank parts always send as a dict."""
-    if not isinstance(outcome.result, dict):
-        raise CheckFailed(f"rank {outcome.rank} sent back a {type(outcome.result).__name__}, not the rank part's "
-                          "result", TAMPERED_HINT)
-    return outcome.result
-
-
-def field(outcome, key: str, kind: type | tuple) -> Any:
-    value = reply(outcome).get(key)
-    if not isinstance(value, kind):
-        raise CheckFailed(f"rank {outcome.rank} sent back a malformed result ({key!r} is a "
-                          f"{type(value).__name__})", TAMPERED_HINT)
-    return value
-
-
-def tensors(outcome, key: str, names) -> dict:
-    """{name: tensor} for exactly the parameter names the model has (else CheckFailed)."""
-    import torch
-
-    value = field(outcome, key, dict)
-    if set(value) != set(names) or not all(isinstance(v, torch.Tensor) for v in value.values()):
-        raise CheckFailed(f"rank {outcome.rank}: {key} does not list the model's parameters (got "
-                          f"{sorted(value)[:3]}...)", TAMPERED_HINT)
-    return value
 
 
 # ------------------------------------------------------------------ checkpoint files (bytes the learner's process wrote)

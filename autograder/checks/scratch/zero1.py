@@ -169,7 +169,7 @@ def _judge(run: Run):
                                                           "ShardedOptimizer": per_rank},
                       "unit": "KiB", "title": "Adam state per rank (exp_avg, exp_avg_sq, step)"}
             lines.append("Adam state per rank " + ", ".join(f"{b / 1024:.1f}" for b in per_rank)
-                         + f" KiB = " + ", ".join(f"{b / total:.2f}x" for b in per_rank)
+                         + " KiB = " + ", ".join(f"{b / total:.2f}x" for b in per_rank)
                          + f" of plain Adam's {total / 1024:.1f} KiB")
     return (f"ShardedOptimizer matched plain Adam and SGD with momentum on {ws} rank(s); the shards are disjoint, "
             f"cover every parameter and are balanced within one parameter; " + "; ".join(lines), {"memory": memory})
