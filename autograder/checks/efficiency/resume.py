@@ -18,8 +18,8 @@ Evidence, from outside the learner's processes:
   `max_gathered` x the training state's bytes (gathering the full state to a rank moves at least all of it;
   DCP's own planning messages are small). Bytes not measured on NCCL or unsandboxed: the verdict says so.
 
-What the ranks observe (torch.save or dcp.save called) only names a failure. A resumed Adam without its moments
-takes a different step: the weights tell.
+A resumed Adam without its moments takes a different step: the weights tell, and the harness names the mistake
+when they equal those of an Adam restarted at the resume.
 """
 from __future__ import annotations
 
@@ -40,6 +40,7 @@ HINT = ("Save: the state dicts get_state_dict(model, optimizer) returns (sharded
 class ResumeThresholds:
     max_file_share: float   # no saving rank's data file holds more than this share of the checkpoint's data
     max_gathered: float     # bytes sent while saving / the training state's bytes: less than this
+    max_off_share: float    # share of weight elements outside the tolerance after the resumed steps: at most this
 
 
 def _spec(p: dict) -> dict:
@@ -67,6 +68,23 @@ def adam_steps(spec: dict, state: dict, batches: list, *, lr: float, reset_at: i
             optimizer.step()
             losses.append(loss.item())
     return {"weights": {n: p.detach().clone() for n, p in model.named_parameters()}, "losses": losses}
+
+
+def _beyond(got: dict, want: dict) -> float:
+    """The share of weight elements farther than ATOL + RTOL |w| from `want` (1.0 if a tensor is missing or
+    misshapen). A share, not a maximum: Adam divides by the root of its second moment, so an element whose gradients
+    are at rounding level takes a step of about lr whose sign the summation order decides (measured: a few
+    elements of a bias in some draws)."""
+    import torch
+
+    total = sum(w.numel() for w in want.values())
+    off = 0
+    for name, w in want.items():
+        g = got.get(name)
+        if not isinstance(g, torch.Tensor) or g.shape != w.shape:
+            return 1.0
+        off += int(((g.float() - w).abs() > ATOL + RTOL * w.abs()).sum())
+    return off / total
 
 
 def _global_batches(trial) -> list:
@@ -157,24 +175,23 @@ def _measure(m):
         expect(got == step, f"rank {o.rank}: load_training_state returned {got!r}; the state was saved at step {step}",
                "Save the step in the same dcp.save call (e.g. under 'step') and return the value dcp.load put back.")
     weights = field(loaded.outcomes[0], "weights", dict)
-    for name, w in want["weights"].items():
-        g = weights.get(name)
-        ok = isinstance(g, torch.Tensor) and g.shape == w.shape and bool(((g - w).abs() <= ATOL + RTOL * w.abs()).all())
-        if not ok:
-            fresh = adam_steps(spec, state, batches, lr=p["lr"], reset_at=p["steps_before"])["weights"][name]
-            no_moments = isinstance(g, torch.Tensor) and g.shape == fresh.shape and bool(
-                ((g - fresh).abs() <= ATOL + RTOL * fresh.abs()).all())
-            expect(not no_moments, f"resumed at {load_ranks} rank(s), the weights after {p['steps_after']} more steps "
-                                   f"are those of an Adam that restarted with no state: its moments were not saved "
-                                   f"or not loaded", "Save and load the optimizer's state dict with the model's. "
-                                   + HINT)
-            raise CheckFailed(f"resumed at {load_ranks} rank(s), {name} after {p['steps_after']} more steps differs "
-                              f"from training without interruption", HINT)
+    off = _beyond(weights, want["weights"])
+    if off > t.max_off_share:
+        restarted = _beyond(weights, adam_steps(spec, state, batches, lr=p["lr"], reset_at=p["steps_before"])["weights"])
+        expect(restarted > t.max_off_share,
+               f"resumed at {load_ranks} rank(s), the weights after {p['steps_after']} more steps are those of an "
+               f"Adam that restarted with no state: its moments were not saved or not loaded",
+               "Save and load the optimizer's state dict with the model's. " + HINT)
+        worst = {n: float((weights[n].float() - w).abs().max()) for n, w in want["weights"].items()
+                 if isinstance(weights.get(n), torch.Tensor) and weights[n].shape == w.shape}
+        raise CheckFailed(f"resumed at {load_ranks} rank(s), {off:.1%} of the weights after {p['steps_after']} more "
+                          f"steps differ from training without interruption", HINT,
+                          {"resume": {"off_share": off, "largest_difference": worst}})
     losses = [sum(reply(o)["losses"][i] for o in loaded.outcomes) / load_ranks for i in range(len(after))]
     details = {"resume": {"losses_uninterrupted": want["losses"], "losses_resumed": losses,
                           "steps_before": p["steps_before"], "save_ranks": save_ranks, "load_ranks": load_ranks,
                           "files": {n: len(b) for n, b in files.items()}, "save_bytes": saved.sent_bytes,
-                          "state_bytes": state_bytes}}
+                          "state_bytes": state_bytes, "off_share": off}}
     return (f"saved at {save_ranks} ranks ({layout}; {bytes_figure}), resumed at {load_ranks}: step {step} back, "
             f"{p['steps_after']} more steps equal training without interruption"), details
 
