@@ -84,7 +84,8 @@ def build_model(spec: dict):
     that dwarf the weights, for checks that measure what activation checkpointing saves.
 
     With "state" (a state dict) the weights are loaded exactly; without it the model keeps
-    the initialisation of whatever random state is current.
+    the initialisation of whatever random state is current. With "dtype": "float64" the model is in float64
+    (the state is loaded into it: float32 values convert exactly).
     """
     from torch import nn
 
@@ -100,6 +101,8 @@ def build_model(spec: dict):
                                 for _ in range(int(spec["blocks"]))], nn.Linear(width, 10))
     else:
         raise ValueError(f"unknown model kind {kind!r}")
+    if spec.get("dtype") == "float64":
+        model = model.double()
     if spec.get("state") is not None:
         model.load_state_dict(spec["state"], strict=True)
     return model

@@ -2,7 +2,7 @@
 step with torch.distributed.checkpoint, sharded (every rank writes its own part, nothing gathered), and
 load_training_state(model, optimizer, path) -> int loads it, at any world size, and returns the step.
 
-Scenario: a small EuroSATNet without BatchNorm, sharded by the harness (fully_shard on every block, then the
+Scenario: a small EuroSATNet without BatchNorm, in float64, sharded by the harness (fully_shard on every block, then the
 root) and trained with Adam, weights and batches from the call's secret. A job at `save_ranks` ranks trains
 `steps_before` steps, each rank on its slice of each global batch, and the learner's save_training_state writes
 the checkpoint into the job's scratch folder at a secret step number. The harness copies that folder into a
@@ -10,9 +10,12 @@ new job at `load_ranks` ranks, where a model with other weights and a fresh Adam
 load_training_state and train `steps_after` more steps on the same global batches, sliced the new way.
 
 Evidence, from outside the learner's processes:
-- the continued training: the full weights after it equal `steps_before + steps_after` Adam steps on the whole
-  global batches in one process (adam_steps; ATOL + RTOL: reduce-scatter and one process sum in other
-  orders), and load_training_state returned the saved step;
+- the continued training: every full weight after it equals `steps_before + steps_after` Adam steps on the whole
+  global batches in one process (adam_steps), within ATOL + RTOL, and load_training_state returned the saved
+  step. float64, because Adam divides each gradient by its own running size: in float32 the rounding that a
+  reduce-scatter's other summation order brings is amplified into steps of about lr in some draws (measured in
+  one process, halves of a batch summed instead of the whole: up to 6.9% of the elements beyond the tolerance
+  after 5 steps over 30 draws; in float64, none);
 - sharded: the checkpoint is a folder with DCP's metadata and a data file written by every saving rank, none
   holding more than `max_file_share` of the data; and the save sent fewer bytes over the job's loopback than
   `max_gathered` x the training state's bytes (gathering the full state to a rank moves at least all of it;
@@ -40,11 +43,10 @@ HINT = ("Save: the state dicts get_state_dict(model, optimizer) returns (sharded
 class ResumeThresholds:
     max_file_share: float   # no saving rank's data file holds more than this share of the checkpoint's data
     max_gathered: float     # bytes sent while saving / the training state's bytes: less than this
-    max_off_share: float    # share of weight elements outside the tolerance after the resumed steps: at most this
 
 
 def _spec(p: dict) -> dict:
-    return {"kind": "eurosat", "width": p["width"], "blocks": p["blocks"], "norm": False}
+    return {"kind": "eurosat", "width": p["width"], "blocks": p["blocks"], "norm": False, "dtype": "float64"}
 
 
 def adam_steps(spec: dict, state: dict, batches: list, *, lr: float, reset_at: int | None = None) -> dict:
@@ -70,11 +72,9 @@ def adam_steps(spec: dict, state: dict, batches: list, *, lr: float, reset_at: i
     return {"weights": {n: p.detach().clone() for n, p in model.named_parameters()}, "losses": losses}
 
 
-def _beyond(got: dict, want: dict) -> float:
+def _off(got: dict, want: dict) -> float:
     """The share of weight elements farther than ATOL + RTOL |w| from `want` (1.0 if a tensor is missing or
-    misshapen). A share, not a maximum: Adam divides by the root of its second moment, so an element whose gradients
-    are at rounding level takes a step of about lr whose sign the summation order decides (measured: a few
-    elements of a bias in some draws)."""
+    misshapen)."""
     import torch
 
     total = sum(w.numel() for w in want.values())
@@ -83,7 +83,7 @@ def _beyond(got: dict, want: dict) -> float:
         g = got.get(name)
         if not isinstance(g, torch.Tensor) or g.shape != w.shape:
             return 1.0
-        off += int(((g.float() - w).abs() > ATOL + RTOL * w.abs()).sum())
+        off += int(((g.double() - w).abs() > ATOL + RTOL * w.abs()).sum())
     return off / total
 
 
@@ -91,7 +91,7 @@ def _global_batches(trial) -> list:
     import torch
 
     p, g = trial.params, trial.generator(1)
-    return [(torch.randn(p["batch"], 3, p["image"], p["image"], generator=g),
+    return [(torch.randn(p["batch"], 3, p["image"], p["image"], generator=g, dtype=torch.float64),
              torch.randint(0, 10, (p["batch"],), generator=g)) for _ in range(p["steps_before"] + p["steps_after"])]
 
 
@@ -157,7 +157,7 @@ def _measure(m):
     m.run(saver, "efficiency.resume", [{**common, "phase": "train", "model": {**spec, "state": state},
                                         "batches": rank} for rank in _sliced(before, save_ranks)])
     saved = m.run(saver, "efficiency.resume", [{**common, "phase": "save", "step": step}] * save_ranks)
-    state_bytes = 3 * sum(v.numel() * v.element_size() for v in state.values())   # weights + Adam's two moments
+    state_bytes = 3 * 8 * sum(v.numel() for v in state.values())   # float64 weights + Adam's two moments
     bytes_figure = ("bytes not measured: one rank has nothing to send" if save_ranks < 2 else
                     _judge_save_bytes(saved.sent_bytes, state_bytes, t))
     found = m.run(saver, "efficiency.resume", [{**common, "phase": "files"}] * save_ranks).outcomes[0]
@@ -175,14 +175,14 @@ def _measure(m):
         expect(got == step, f"rank {o.rank}: load_training_state returned {got!r}; the state was saved at step {step}",
                "Save the step in the same dcp.save call (e.g. under 'step') and return the value dcp.load put back.")
     weights = field(loaded.outcomes[0], "weights", dict)
-    off = _beyond(weights, want["weights"])
-    if off > t.max_off_share:
-        restarted = _beyond(weights, adam_steps(spec, state, batches, lr=p["lr"], reset_at=p["steps_before"])["weights"])
-        expect(restarted > t.max_off_share,
+    off = _off(weights, want["weights"])
+    if off > 0:
+        restarted = _off(weights, adam_steps(spec, state, batches, lr=p["lr"], reset_at=p["steps_before"])["weights"])
+        expect(restarted > 0,
                f"resumed at {load_ranks} rank(s), the weights after {p['steps_after']} more steps are those of an "
                f"Adam that restarted with no state: its moments were not saved or not loaded",
                "Save and load the optimizer's state dict with the model's. " + HINT)
-        worst = {n: float((weights[n].float() - w).abs().max()) for n, w in want["weights"].items()
+        worst = {n: float((weights[n].double() - w).abs().max()) for n, w in want["weights"].items()
                  if isinstance(weights.get(n), torch.Tensor) and weights[n].shape == w.shape}
         raise CheckFailed(f"resumed at {load_ranks} rank(s), {off:.1%} of the weights after {p['steps_after']} more "
                           f"steps differ from training without interruption", HINT,
