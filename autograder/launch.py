@@ -115,32 +115,73 @@ def _descendants(pid: int) -> dict[int, int]:
     return found
 
 
-def _pin(pid: int, still_ours) -> int | None:
-    """A pidfd for `pid` if `still_ours()` holds once it is open, else None. A pidfd names one process: signals sent
-    through it can never reach a later process that the kernel gave the same pid (pids are reused once freed)."""
+def _pidfds_work() -> bool:
+    """Whether this kernel has pidfds (Linux 5.3+; RHEL 8's 4.18 does not)."""
     try:
-        fd = os.pidfd_open(pid)
-    except OSError:
+        os.close(os.pidfd_open(os.getpid()))
+        return True
+    except (AttributeError, OSError):
+        return False
+
+
+PIDFDS = _pidfds_work()
+
+
+class _Pinned:
+    """One process, held by a pidfd: signals sent through it can never reach a later process that the kernel gave
+    the same pid (pids are reused once freed). Without pidfds (old kernels) it falls back to the pid, checked just
+    before: the race is narrowed, not closed."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.fd = os.pidfd_open(pid) if PIDFDS else None
+
+    def send(self, sig: int) -> None:
+        try:
+            if self.fd is not None:
+                signal.pidfd_send_signal(self.fd, sig)
+            else:
+                os.kill(self.pid, sig)
+        except OSError:   # already gone
+            pass
+
+    def ended(self) -> bool:
+        if self.fd is not None:
+            return bool(select.select([self.fd], [], [], 0)[0])   # a pidfd is readable once its process exited
+        fields = _stat(self.pid)
+        return not fields or fields[0] == b"Z"
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+
+
+def _pin(pid: int, still_ours) -> _Pinned | None:
+    """`pid` pinned if `still_ours()` holds once it is (the check comes after pinning: then it is about the
+    pinned process), else None."""
+    try:
+        pinned = _Pinned(pid)
+    except OSError:   # gone
         return None
     try:
         ours = still_ours()
     except OSError:   # its /proc entry is gone: it exited
         ours = False
     if ours:
-        return fd
-    os.close(fd)
+        return pinned
+    pinned.close()
     return None
 
 
 def signal_if(pid: int, sig: int, still_ours) -> bool:
     """Send `sig` to `pid` if `still_ours()` holds once the process is pinned (see `_pin`); whether it was sent."""
-    fd = _pin(pid, still_ours)
-    if fd is None:
+    pinned = _pin(pid, still_ours)
+    if pinned is None:
         return False
     try:
-        _send(fd, sig)
+        pinned.send(sig)
     finally:
-        os.close(fd)
+        pinned.close()
     return True
 
 
@@ -149,57 +190,45 @@ def carries(pid: int, name: str, value: str) -> bool:
     return f"{name}={value}".encode() in _read(f"/proc/{pid}/environ").split(b"\0")
 
 
-def _send(fd: int, sig: int) -> None:
-    try:
-        signal.pidfd_send_signal(fd, sig)
-    except OSError:   # already gone
-        pass
-
-
-def _ended(fd: int) -> bool:
-    """Whether the pidfd's process has exited (its pidfd is readable then)."""
-    return bool(select.select([fd], [], [], 0)[0])
-
-
 def stop_tree(proc, *, token: str | None = None, token_env: str = TOKEN_ENV, grace: float = 8.0) -> list[int]:
     """Stop `proc` (a Popen) and everything it started; return once all of it is gone (at most `grace` s).
 
     The tree is frozen first (SIGSTOP, repeated until no new process appears: a stopped process
     cannot fork), then killed, so nothing escapes by being reparented while we kill its parent;
     processes that already left the tree are found by their token. Every process is signalled through
-    a pidfd opened while it was still the one found in the tree, so a process that exited meanwhile and
+    a pidfd (`_Pinned`) opened while it was still the one found in the tree, so a process that exited meanwhile and
     whose pid went to someone else's process is never touched; for the same reason a `proc` already
     reaped (poll/wait returned) is not walked from: its pid may be another process's by now, and its
     children have moved to another parent (the token finds them). Returns the pids still alive after
     `grace` seconds (none, unless a process is stuck in the kernel).
     """
-    frozen: dict[int, int] = {}   # pid -> pidfd
+    frozen: dict[int, _Pinned] = {}
     deadline = time.monotonic() + grace
     try:
         if proc.returncode is None:   # not reaped yet: the pid is still proc's (a zombie keeps it)
             own = _pin(proc.pid, lambda: proc.returncode is None)
             if own is not None:
                 frozen[proc.pid] = own
-                _send(own, signal.SIGSTOP)
+                own.send(signal.SIGSTOP)
         while frozen and time.monotonic() < deadline:
             new = {pid: start for pid, start in _descendants(proc.pid).items() if pid not in frozen}
             if not new:
                 break
             for pid, start in new.items():
-                fd = _pin(pid, lambda: (_stat(pid) or [b""] * 20)[19] == str(start).encode())
-                if fd is not None:
-                    _send(fd, signal.SIGSTOP)
-                    frozen[pid] = fd
-        for fd in frozen.values():
-            _send(fd, signal.SIGKILL)
+                pinned = _pin(pid, lambda: (_stat(pid) or [b""] * 20)[19] == str(start).encode())
+                if pinned is not None:
+                    pinned.send(signal.SIGSTOP)
+                    frozen[pid] = pinned
+        for pinned in frozen.values():
+            pinned.send(signal.SIGKILL)
         if token is not None:
             sweep(token, token_env)
         proc.wait()
-        left = [pid for pid, fd in frozen.items() if not _ended(fd)]
+        left = [pid for pid, pinned in frozen.items() if not pinned.ended()]
         while left and time.monotonic() < deadline:
             time.sleep(0.02)
-            left = [pid for pid in left if not _ended(frozen[pid])]
+            left = [pid for pid in left if not frozen[pid].ended()]
         return left
     finally:
-        for fd in frozen.values():
-            os.close(fd)
+        for pinned in frozen.values():
+            pinned.close()

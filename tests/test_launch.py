@@ -166,7 +166,40 @@ def test_memory_of_a_rank_counts_what_it_started(tmp_path):
         assert all(g > 250 * 2**20 for g in grew), grew
 
 
-def test_stopping_a_reaped_job_leaves_the_process_that_got_its_pid_alone():
+@pytest.fixture(params=[True, False], ids=["pidfds", "old-kernel"])
+def pidfds(request, monkeypatch):
+    """Both ways of pinning a process: pidfds (Linux 5.3+) and the pid checked just before (RHEL 8's 4.18)."""
+    from autograder import launch
+
+    if request.param and not launch.PIDFDS:
+        pytest.skip("this kernel has no pidfds")
+    monkeypatch.setattr(launch, "PIDFDS", request.param)
+
+
+def test_stop_tree_kills_a_whole_tree_that_forks_and_leaves_its_session(pidfds):
+    import subprocess
+
+    from autograder.launch import stop_tree, trees
+
+    job = subprocess.Popen(["sh", "-c", "setsid sleep 60 & sleep 60 & wait"])
+    time.sleep(0.3)
+    tree = trees([job.pid])[job.pid]
+    assert len(tree) == 3, tree
+    assert stop_tree(job, grace=5) == []
+    alive = [p for p in tree if _live(p)]
+    assert job.returncode is not None and not alive, alive
+
+
+def _live(pid: int) -> bool:
+    """Whether pid is a running process (a zombie waiting for init to reap it has ended)."""
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2] != "Z"
+
+
+def test_stopping_a_reaped_job_leaves_the_process_that_got_its_pid_alone(pidfds):
     """Pids are reused once freed (32768 of them here, threads included): a job whose process was already reaped
     must not be walked from its old pid, which may name someone else's process (with its own children) by now."""
     import subprocess
@@ -187,7 +220,7 @@ def test_stopping_a_reaped_job_leaves_the_process_that_got_its_pid_alone():
         other.wait()
 
 
-def test_a_sweep_kills_only_processes_that_still_carry_the_token(monkeypatch):
+def test_a_sweep_kills_only_processes_that_still_carry_the_token(monkeypatch, pidfds):
     """Between the scan of /proc and the kill a found process may exit and its pid go to another process: the sweep
     reads the token again through a pidfd (which names one process only) before it kills."""
     import subprocess
