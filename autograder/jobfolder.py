@@ -18,8 +18,8 @@ import signal
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Callable
 from pathlib import Path
+from typing import Callable
 
 LOG_TAIL = 4000
 SOURCE_LIMIT = 2 * 2**20   # bytes of learner .py files copied into a job
