@@ -18,7 +18,7 @@ def test_reference_resumes_at_another_world_size(graded_assignment, overrides):
     resume = v.details["resume"]
     assert resume["load_ranks"] == overrides.get("load_ranks", 3)
     assert sum(n.endswith(".distcp") for n in resume["files"]) == 2, resume["files"]   # one per saving rank
-    assert resume["save_bytes"] < 0.2 * resume["state_bytes"], resume   # measured 0.08x: DCP's plans only
+    assert resume["save_bytes"] < 0.2 * resume["state_bytes"], resume   # measured 0.04x (float64): DCP's plans only
 
 
 @pytest.mark.slow
