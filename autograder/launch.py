@@ -59,11 +59,6 @@ def sweep(token: str, name: str = TOKEN_ENV) -> list[int]:
     return killed
 
 
-def _children() -> dict[int, list[int]]:
-    """parent pid -> child pids, for every live (not zombie) process."""
-    return {parent: [pid for pid, _ in kids] for parent, kids in _scan().items()}
-
-
 def _scan() -> dict[int, list[tuple[int, int]]]:
     """parent pid -> (child pid, its start time), for every live (not zombie) process."""
     children: dict[int, list[tuple[int, int]]] = {}
@@ -92,21 +87,13 @@ def _read(path: str) -> bytes:
 
 def trees(pids: list[int]) -> dict[int, set[int]]:
     """Each pid with its live descendants (one read of /proc for all of them)."""
-    children, out = _children(), {}
-    for pid in pids:
-        found, todo = set(), [pid]
-        while todo:
-            p = todo.pop()
-            if p not in found:
-                found.add(p)
-                todo += children.get(p, [])
-        out[pid] = found
-    return out
+    children = _scan()
+    return {pid: {pid, *_below(children, pid)} for pid in pids}
 
 
-def _descendants(pid: int) -> dict[int, int]:
-    """pid's live descendants (not pid itself), each with its start time."""
-    children, found, todo = _scan(), {}, [pid]
+def _below(children: dict[int, list[tuple[int, int]]], pid: int) -> dict[int, int]:
+    """pid's descendants in a `_scan` (not pid itself), each with its start time."""
+    found, todo = {}, [pid]
     while todo:
         for child, start in children.get(todo.pop(), []):
             if child not in found:
@@ -211,7 +198,7 @@ def stop_tree(proc, *, token: str | None = None, token_env: str = TOKEN_ENV, gra
                 frozen[proc.pid] = own
                 own.send(signal.SIGSTOP)
         while frozen and time.monotonic() < deadline:
-            new = {pid: start for pid, start in _descendants(proc.pid).items() if pid not in frozen}
+            new = {pid: start for pid, start in _below(_scan(), proc.pid).items() if pid not in frozen}
             if not new:
                 break
             for pid, start in new.items():
