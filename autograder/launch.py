@@ -25,11 +25,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun_command(nprocs: int, command: list[str], *, nnodes: int = 1,
-                     endpoint: str | None = None, run_id: str = "") -> list[str]:
-    """torchrun (as `python -I -m torch.distributed.run`, this interpreter) running `command` in every rank."""
-    cmd = [sys.executable, "-I", "-m", "torch.distributed.run", f"--nproc-per-node={nprocs}", "--max-restarts=0",
-           "--no-python"]
+def torchrun_command(nprocs: int, command: list[str], *, nnodes: int = 1, endpoint: str | None = None,
+                     run_id: str = "", forked: bool = False) -> list[str]:
+    """torchrun (as `python -I -m torch.distributed.run`, this interpreter) running `command` in every rank: a
+    program, or with forked=True a Python script and its arguments, run in a process forked from torchrun's own
+    (torch is imported there already: no rank imports it again)."""
+    cmd = [sys.executable, "-I", "-m", "torch.distributed.run", f"--nproc-per-node={nprocs}", "--max-restarts=0"]
+    cmd += ["--run-path", "--start-method=fork"] if forked else ["--no-python"]
     if nnodes == 1:
         cmd.append("--standalone")  # c10d rendezvous on a port the OS picks: checks never collide
     else:

@@ -196,24 +196,23 @@ class Sandbox:
         return pwd.getpwnam(USER).pw_uid if os.geteuid() == 0 else None
 
 
-def own_tmp(command: list[str], *, keep: list[Path], shm: bool) -> list[str]:
-    """`command` (one rank of a job, started inside the job's sandbox) with a /tmp, and with shm=True a /dev/shm,
-    of its own: nothing a rank leaves there is where another rank looks (the job's scratch folder stays shared, as
-    nodes share a file system). A nested bubblewrap in a user namespace of the sandbox's user, everything else
-    bound unchanged (same PIDs, network, files and devices, each mount's read-only flag); `keep`: what the sandbox
+def own_tmp(*, keep: list[Path], shm: bool) -> list[str]:
+    """The options of rank/forked.py that give one rank of a job (started inside the job's sandbox) a /tmp, and
+    with shm=True a /dev/shm, of its own: nothing a rank leaves there is where another rank looks (the job's
+    scratch folder stays shared, as nodes share a file system). The rank makes them in a user namespace of the
+    sandbox's user before anything else runs, everything else unchanged (same PIDs, network, files and devices,
+    each mount's read-only flag), and then drops every capability (rank/owntmp.py); `keep`: what the sandbox
     shows (Sandbox.shown: the job folder, the Python install, the package's rank side), of which what lies under
-    /tmp (a course cloned there) is bound again over the new one. NCCL needs shm=False: its transport between the ranks of
-    a node runs through one /dev/shm. Not a wall between colluding ranks: the scratch folder, and another process's
-    /proc/PID/root, remain (what a check must prove about communication, it measures: bytes on the wire)."""
-    args = [shutil.which("bwrap") or "bwrap", "--unshare-user", "--dev-bind", "/", "/",
-            "--perms", "1777", "--size", str(TMP_BYTES), "--tmpfs", "/tmp"]
+    /tmp (a course cloned there) is bound again over the new one. NCCL needs shm=False: its transport between the
+    ranks of a node runs through one /dev/shm. Not a wall between colluding ranks: the scratch folder, and another
+    process's /proc/PID/root, remain (what a check must prove about communication, it measures: bytes on the
+    wire)."""
+    args = ["--tmp", str(TMP_BYTES)] + (["--shm", str(SHM_BYTES)] if shm else [])
     tmp = Path("/tmp")
     under_tmp = sorted({p for p in keep if tmp in p.parents}, key=lambda p: len(p.parts))
     for folder in [p for p in under_tmp if not any(q in p.parents for q in under_tmp)]:   # outermost ones
-        args += ["--bind", str(folder), str(folder)]   # recursive: the mounts inside come along
-    if shm:
-        args += ["--perms", "1777", "--size", str(SHM_BYTES), "--tmpfs", "/dev/shm"]
-    return args + ["--"] + command
+        args += ["--keep", str(folder)]   # recursive: the mounts inside come along
+    return args
 
 
 def _sbin(tool: str) -> str:

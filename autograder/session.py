@@ -88,16 +88,16 @@ class Job:
         # -I: no PYTHON* variables, no user site, no current folder on sys.path; the package this harness is
         # (the repository's or a student copy's) is put first explicitly, so both sides run the same code.
         package_parent = str(Path(__file__).resolve().parents[1])
-        driver = [sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {package_parent!r}); "
-                  "from autograder.rank.__main__ import main; main(sys.argv[1])", str(self.folder.path)]
-        if self.sandboxed:
-            driver = sandbox.own_tmp(driver, keep=self.confine.shown([self.folder.path]),
-                                     shm=self.profile.backend != "nccl")
         if self.local:
-            return driver
+            return [sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {package_parent!r}); "
+                    "from autograder.rank.__main__ import main; main(sys.argv[1])", str(self.folder.path)]
+        # Under torchrun, each rank is forked from torchrun's process (rank/forked.py puts the package first).
+        driver = [str(Path(__file__).resolve().parent / "rank" / "forked.py"), str(self.folder.path)]
+        if self.sandboxed:
+            driver += sandbox.own_tmp(keep=self.confine.shown([self.folder.path]), shm=self.profile.backend != "nccl")
         port = 29400 if self.sandboxed else launch.free_port()
         agents = [launch.torchrun_command(self.world_size // self.nnodes, driver, nnodes=self.nnodes,
-                                          endpoint=f"127.0.0.1:{port}", run_id=self.token[:8])
+                                          endpoint=f"127.0.0.1:{port}", run_id=self.token[:8], forked=True)
                   for _ in range(self.nnodes)]
         if len(agents) == 1:
             return agents[0]

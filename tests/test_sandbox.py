@@ -189,7 +189,8 @@ def test_a_ranks_own_tmp_binds_again_what_the_sandbox_shows_under_tmp():
     afresh, so own_tmp binds them again (the outermost of nested paths; nothing outside /tmp)."""
     keep = [Path("/tmp/fresh/.venv"), Path("/tmp/fresh/.venv/lib/python3.11/site-packages"),
             Path("/tmp/fresh/autograder/rank"), Path("/tmp/job-1"), Path("/usr/lib/python3.11")]
-    args = sandbox.own_tmp(["python"], keep=keep, shm=True)
-    binds = [args[i + 1] for i, a in enumerate(args) if a == "--bind"]
+    args = sandbox.own_tmp(keep=keep, shm=True)
+    binds = [args[i + 1] for i, a in enumerate(args) if a == "--keep"]
     assert binds == ["/tmp/job-1", "/tmp/fresh/.venv", "/tmp/fresh/autograder/rank"], binds
-    assert args.index("--tmpfs") < args.index("--bind") and args[-2:] == ["--", "python"]
+    assert args[:4] == ["--tmp", str(sandbox.TMP_BYTES), "--shm", str(sandbox.SHM_BYTES)], args
+    assert "--shm" not in sandbox.own_tmp(keep=keep, shm=False)   # NCCL's ranks share the node's /dev/shm
