@@ -5,6 +5,7 @@ These tests fail, never skip, where no sandbox can be made: CI must have one (`m
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -194,3 +195,37 @@ def test_a_ranks_own_tmp_binds_again_what_the_sandbox_shows_under_tmp():
     assert binds == ["/tmp/job-1", "/tmp/fresh/.venv", "/tmp/fresh/autograder/rank"], binds
     assert args[:4] == ["--tmp", str(sandbox.TMP_BYTES), "--shm", str(sandbox.SHM_BYTES)], args
     assert "--shm" not in sandbox.own_tmp(keep=keep, shm=False)   # NCCL's ranks share the node's /dev/shm
+
+
+def test_a_forked_rank_gets_its_own_tmp_with_what_it_must_keep_and_cannot_undo_it(tmp_path):
+    """rank/owntmp.py in a forked child, as a rank does it: a kept folder and a kept file (the package's __init__
+    when the course lies under /tmp) are there, nothing else of /tmp is, what it writes stays its own, and with every
+    capability dropped it cannot unmount its tmpfs to reach the shared /tmp beneath."""
+    import ctypes
+
+    from autograder.rank import owntmp
+
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "inside.txt").write_text("kept")
+    (tmp_path / "__init__.py").write_text("# kept file")
+    (tmp_path / "elsewhere.txt").write_text("not kept")
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:   # the child reports through the pipe and never returns into pytest
+        try:
+            os.close(read)
+            owntmp.own_tmp(tmp_bytes=2**20, shm_bytes=2**20, keep=[str(tmp_path / "kept"), str(tmp_path / "__init__.py")])
+            libc = ctypes.CDLL(None, use_errno=True)
+            Path("/tmp/left-by-the-rank").write_text("x")
+            seen = dict(kept=(tmp_path / "kept" / "inside.txt").read_text(), file=(tmp_path / "__init__.py").read_text(),
+                        elsewhere=(tmp_path / "elsewhere.txt").exists(), shm=os.listdir("/dev/shm"),
+                        unmounted=libc.umount2(b"/tmp", 2) == 0 or libc.umount2(b"/dev/shm", 2) == 0)
+            os.write(write, json.dumps(seen).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        seen = json.loads(pipe.read() or "{}")
+    os.waitpid(pid, 0)
+    assert seen == dict(kept="kept", file="# kept file", elsewhere=False, shm=[], unmounted=False), seen
+    assert not Path("/tmp/left-by-the-rank").exists()

@@ -8,7 +8,9 @@ learner's has run in torchrun's process, and torchrun never touches a GPU, so a 
 new one. With --tmp, the rank first gets a /tmp (and with --shm a /dev/shm) of its own (owntmp.py).
 """
 import argparse
+import os
 import sys
+import traceback
 from pathlib import Path
 
 
@@ -21,12 +23,22 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-if __name__ == "__main__":
-    args = _arguments(sys.argv[1:])
+def _start(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))   # the package this harness is (python -I)
     from autograder.rank import owntmp
-    from autograder.rank.__main__ import main
 
     if args.tmp:
         owntmp.own_tmp(tmp_bytes=args.tmp, shm_bytes=args.shm, keep=args.keep)
-    main(args.job_dir)
+
+
+if __name__ == "__main__":
+    arguments = _arguments(sys.argv[1:])
+    try:
+        _start(arguments)
+    except BaseException:   # before the rank has a log: torchrun's output is where the harness looks
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(1)
+    from autograder.rank.__main__ import main
+
+    main(arguments.job_dir)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import stat
 
 CLONE_NEWNS, CLONE_NEWUSER = 0x00020000, 0x10000000
 MS_NOSUID, MS_NODEV, MS_BIND, MS_REC, MS_SLAVE = 2, 4, 4096, 16384, 1 << 19
@@ -49,8 +50,9 @@ def _drop_capabilities() -> None:
 
 
 def own_tmp(*, tmp_bytes: int, shm_bytes: int, keep: list[str]) -> None:
-    """/tmp (and, with shm_bytes, /dev/shm) fresh and this process's alone; `keep`: folders under /tmp that the
-    sandbox shows (the job folder; the Python install when the course lies under /tmp), bound again."""
+    """/tmp (and, with shm_bytes, /dev/shm) fresh and this process's alone; `keep`: folders and files under /tmp
+    that the sandbox shows (the job folder; the Python install and the package when the course lies under /tmp),
+    bound again."""
     uid, gid = os.getuid(), os.getgid()
     _ok(_libc.unshare(CLONE_NEWUSER | CLONE_NEWNS), "unshare")
     _write("/proc/self/setgroups", "deny")
@@ -59,8 +61,12 @@ def own_tmp(*, tmp_bytes: int, shm_bytes: int, keep: list[str]) -> None:
     _ok(_libc.mount(None, b"/", None, MS_REC | MS_SLAVE, None), "mounts made private")
     kept = {path: os.open(path, os.O_PATH) for path in keep}   # this namespace's mounts, reachable once covered
     _tmpfs("/tmp", tmp_bytes)
-    for path, fd in kept.items():
-        os.makedirs(path, exist_ok=True)
+    for path, fd in kept.items():   # a mount point like what it covers: a folder, or a file (the package's __init__)
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            os.makedirs(path, exist_ok=True)
+        else:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            open(path, "a").close()
         _ok(_libc.mount(f"/proc/self/fd/{fd}".encode(), path.encode(), None, MS_BIND | MS_REC, None), f"bind {path}")
         os.close(fd)
     if shm_bytes:
