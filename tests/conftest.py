@@ -149,26 +149,31 @@ def artefacts(tmp_path_factory) -> Artefacts:
 
 @dataclass(frozen=True)
 class Graded:
-    """One assignment graded through `course grade`: the source's solutions handed in as student "solution" (no
-    hidden tests) and the release notebook as "blank"."""
+    """One submission of one assignment graded through `course grade`: student "solution" (the source's solutions
+    handed in as a student would, no hidden tests) or "blank" (the release notebook as shipped)."""
     out: Path
-    rows: dict[str, dict]
+    student: str
+    assignment: str
+    row: dict
 
-    def verdicts(self, student: str, assignment: str) -> dict:
+    def verdicts(self) -> dict:
         """call key -> Verdict, as the trusted re-verification found them (autograder.trusted.call_key)."""
         from autograder.records import verdicts_path
         from autograder.verdict import Verdict
 
-        raw = json.loads(verdicts_path(self.out, student, assignment).read_text())
+        raw = json.loads(verdicts_path(self.out, self.student, self.assignment).read_text())
         return {key: Verdict.from_dict(v) for key, v in raw.items()}
 
-    def verdict(self, student: str, assignment: str, exercise: str, **overrides):
+    def verdict(self, exercise: str, **overrides):
         from autograder.trusted import call_key
 
-        return self.verdicts(student, assignment)[call_key(exercise, overrides)]
+        return self.verdicts()[call_key(exercise, overrides)]
+
+    def feedback(self, notebook: str) -> Path:
+        return self.out / "feedback" / self.student / self.assignment / notebook.replace(".ipynb", ".html")
 
 
-def _grade_solution_and_blank(assignment_id: str, folder: Path) -> None:
+def _grade(assignment_id: str, student: str, folder: Path) -> None:
     from autograder import grading
     from autograder.config import course_root
     from autograder.course import load_course
@@ -176,22 +181,23 @@ def _grade_solution_and_blank(assignment_id: str, folder: Path) -> None:
 
     a = load_course().assignment(assignment_id)
     subs = folder / "submissions"
-    for student, notebook in (("solution", solved(course_root() / "source" / a.id / a.notebook)),
-                              ("blank", (course_root() / "release" / a.id / a.notebook).read_text())):
-        (subs / student / a.id).mkdir(parents=True)
-        (subs / student / a.id / a.notebook).write_text(notebook)
+    (subs / student / a.id).mkdir(parents=True)
+    (subs / student / a.id / a.notebook).write_text(
+        solved(course_root() / "source" / a.id / a.notebook) if student == "solution"
+        else (course_root() / "release" / a.id / a.notebook).read_text())
     csv_path = grading.grade(subs, out=folder / "grading", assignments=[a.id], progress=False)
     if "run course grade again" in open(csv_path).read():
-        # A speed measurement that could not decide (never a fail): what the flag tells the instructor to do. The
-        # re-run re-grades only that submission.
+        # A speed measurement that could not decide (never a fail): what the flag tells the instructor to do.
         grading.grade(subs, out=folder / "grading", assignments=[a.id], progress=False)
 
 
 @pytest.fixture(scope="session")
-def graded_assignment(artefacts) -> Callable[[str], Graded]:
-    """graded_assignment(assignment_id): that assignment's solution and blank, graded once per test session (1-5 min each)."""
-    def get(assignment_id: str) -> Graded:
-        folder = artefacts.folder(f"graded-{assignment_id}", lambda f: _grade_solution_and_blank(assignment_id, f))
+def graded_assignment(artefacts) -> Callable[..., Graded]:
+    """graded_assignment(assignment_id, student="solution"): that submission graded once per test session (1-4 min;
+    each student alone, so that a blank, which times nothing, is never graded in the timing phase)."""
+    def get(assignment_id: str, student: str = "solution") -> Graded:
+        folder = artefacts.folder(f"graded-{assignment_id}-{student}", lambda f: _grade(assignment_id, student, f))
         out = folder / "grading"
-        return Graded(out, {r["student"]: r for r in csv.DictReader(open(out / "grades.csv"))})
+        rows = {r["student"]: r for r in csv.DictReader(open(out / "grades.csv"))}
+        return Graded(out, student, assignment_id, rows[student])
     return get

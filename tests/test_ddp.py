@@ -77,7 +77,7 @@ def test_reference_script_trains_on_one_rank():
 def test_reference_script_is_faster_on_two_ranks(graded_assignment):
     """The reference's ddp.train passes its pass line: read from the session's full-marks grade of 04 (the same
     script, measured once; that grade re-runs an undecided measurement, as a student's hint says)."""
-    v = graded_assignment("04_ddp").verdict("solution", "04_ddp", "ddp.train")
+    v = graded_assignment("04_ddp").verdict("ddp.train")
     speed = v.details["speedup"]
     print(f"\nspeed-up {speed['measured']:.2f}x (rounds {speed['ratios']}), reference {speed['reference']:.2f}x "
           f"(rounds {speed['reference_ratios']}), pass line {speed['threshold']:.2f}x, check {v.seconds:.0f} s")

@@ -18,7 +18,7 @@ def _parts():
 def _graded(graded_assignment, exercise: str, **overrides):
     """The verdict of the source notebook's call check(exercise, **overrides), graded once per test session (conftest:
     the same calls the notebook's visible and hidden tests make; launching them again here would double their cost)."""
-    return graded_assignment("09_efficiency").verdict("solution", "09_efficiency", exercise, **overrides)
+    return graded_assignment("09_efficiency").verdict(exercise, **overrides)
 
 
 # ---------------------------------------------------------------- accumulate

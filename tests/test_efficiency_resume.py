@@ -1,6 +1,6 @@
 """09_efficiency: efficiency.resume (gloo, CPU ranks): a training state saved sharded at 2 ranks by the notebook's
-reference resumes at 3 and at 1 exactly where uninterrupted training would be; each control fails with a hint
-naming its mistake."""
+reference resumes at 3 and at 1, and one saved at 3 resumes at 2, exactly where uninterrupted training would be;
+each control fails with a hint naming its mistake."""
 from __future__ import annotations
 
 import pytest
@@ -10,14 +10,15 @@ from conftest import control, stub
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("overrides", [{}, {"load_ranks": 1, "seed": 1}])
+@pytest.mark.parametrize("overrides", [{}, {"load_ranks": 1, "seed": 1}, {"save_ranks": 3, "load_ranks": 2, "seed": 2}])
 def test_reference_resumes_at_another_world_size(graded_assignment, overrides):
-    """The source notebook's calls (2 -> 3 ranks, and 2 -> 1), from the session's graded notebook (conftest)."""
-    v = graded_assignment("09_efficiency").verdict("solution", "09_efficiency", "efficiency.resume", **overrides)
+    """The source notebook's calls (2 -> 3 ranks, 2 -> 1, 3 -> 2), from the session's graded notebook (conftest)."""
+    v = graded_assignment("09_efficiency").verdict("efficiency.resume", **overrides)
     assert v.passed, v.to_text()
     resume = v.details["resume"]
-    assert resume["load_ranks"] == overrides.get("load_ranks", 3)
-    assert sum(n.endswith(".distcp") for n in resume["files"]) == 2, resume["files"]   # one per saving rank
+    saving = overrides.get("save_ranks", 2)
+    assert (resume["save_ranks"], resume["load_ranks"]) == (saving, overrides.get("load_ranks", 3)), resume
+    assert sum(n.endswith(".distcp") for n in resume["files"]) == saving, resume["files"]   # one per saving rank
     assert resume["save_bytes"] < 0.2 * resume["state_bytes"], resume   # measured 0.04x (float64): DCP's plans only
 
 

@@ -90,20 +90,29 @@ def _times_speed(a) -> bool:
 
 @pytest.mark.parametrize("a", [pytest.param(a, marks=pytest.mark.timing if _times_speed(a) else pytest.mark.slow)
                                for a in GRADED], ids=lambda a: a.id)
-def test_autograde_source_full_marks_release_zero(graded_assignment, a):
+def test_autograde_source_full_marks(graded_assignment, a):
     """The source notebook's solutions, handed in as a student would (no hidden tests), score every point with no
-    flag; the release notebook as shipped scores 0 everywhere. The graded pair is the session's (conftest): the
-    reference timing tests of 04, 05 and 07 read their measured verdicts from it."""
+    flag. The graded submission is the session's (conftest): the reference timing tests of 04, 05 and 07 read their
+    measured verdicts from it."""
     graded = graded_assignment(a.id)
-    rows = graded.rows
     for e in a.exercises:
-        assert float(rows["solution"][e.grade_id]) == e.points, (e.id, rows["solution"])
-        assert float(rows["blank"][e.grade_id]) == 0, (e.id, rows["blank"])
-    assert float(rows["solution"]["total"]) == a.points
-    assert rows["solution"]["flags"] == "" and rows["blank"]["flags"] == ""  # cells and re-verification agree
-    feedback = graded.out / "feedback" / "solution" / a.id / a.notebook.replace(".ipynb", ".html")
+        assert float(graded.row[e.grade_id]) == e.points, (e.id, graded.row)
+    assert float(graded.row["total"]) == a.points
+    assert graded.row["flags"] == ""   # cells and re-verification agree
+    feedback = graded.feedback(a.notebook)
     assert feedback.is_file()
     # Demo launches are not run while grading: no cell of a full-marks submission may fail for want of their output.
     assert "Traceback (most recent call last)" not in feedback.read_text(), f"an error in {feedback}"
-    verdicts = graded.verdicts("solution", a.id)
+    verdicts = graded.verdicts()
     assert verdicts and all(v.passed for v in verdicts.values()), {k: v.status for k, v in verdicts.items()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("a", GRADED, ids=lambda a: a.id)
+def test_autograde_release_zero(graded_assignment, a):
+    """The release notebook as shipped scores 0 everywhere, with no flag (its stubs fail; nothing is timed, so it is
+    graded beside other tests even where the solution's grade times a speed-up)."""
+    graded = graded_assignment(a.id, "blank")
+    for e in a.exercises:
+        assert float(graded.row[e.grade_id]) == 0, (e.id, graded.row)
+    assert float(graded.row["total"]) == 0 and graded.row["flags"] == "", graded.row

@@ -142,7 +142,7 @@ def _require_shaping():
 def test_reference_overlap_beats_naive(graded_assignment):
     """Read from the session's full-marks grade of 07 (the same BucketedDDP, measured once at 2 ranks)."""
     _require_shaping()
-    v = graded_assignment("07_from_scratch").verdict("solution", "07_from_scratch", "scratch.bucketed")
+    v = graded_assignment("07_from_scratch").verdict("scratch.bucketed")
     assert v.passed, v.to_text()
     overlap = v.details["overlap"]
     assert overlap["speedup"]["yours"] >= overlap["speedup"]["threshold"], overlap
