@@ -88,16 +88,19 @@ class Job:
         # -I: no PYTHON* variables, no user site, no current folder on sys.path; the package this harness is
         # (the repository's or a student copy's) is put first explicitly, so both sides run the same code.
         package_parent = str(Path(__file__).resolve().parents[1])
+        fresh = [sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {package_parent!r}); "
+                 "from autograder.rank.__main__ import main; main(sys.argv[1])", str(self.folder.path)]
         if self.local:
-            return [sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {package_parent!r}); "
-                    "from autograder.rank.__main__ import main; main(sys.argv[1])", str(self.folder.path)]
-        # Under torchrun, each rank is forked from torchrun's process (rank/forked.py puts the package first).
-        driver = [str(Path(__file__).resolve().parent / "rank" / "forked.py"), str(self.folder.path)]
-        if self.sandboxed:
+            return fresh
+        # Under torchrun on Linux, each rank is forked from torchrun's process (rank/forked.py: torch is imported
+        # there already); elsewhere (macOS: a fork after its system frameworks loaded can crash) a fresh interpreter.
+        forked = sys.platform.startswith("linux")
+        driver = [str(Path(__file__).resolve().parent / "rank" / "forked.py"), str(self.folder.path)] if forked else fresh
+        if self.sandboxed:   # (Linux only)
             driver += sandbox.own_tmp(keep=self.confine.shown([self.folder.path]), shm=self.profile.backend != "nccl")
         port = 29400 if self.sandboxed else launch.free_port()
         agents = [launch.torchrun_command(self.world_size // self.nnodes, driver, nnodes=self.nnodes,
-                                          endpoint=f"127.0.0.1:{port}", run_id=self.token[:8], forked=True)
+                                          endpoint=f"127.0.0.1:{port}", run_id=self.token[:8], forked=forked)
                   for _ in range(self.nnodes)]
         if len(agents) == 1:
             return agents[0]

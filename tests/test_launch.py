@@ -133,6 +133,26 @@ def test_a_rank_that_does_not_take_its_inputs_is_a_time_out_within_the_limit(tmp
         assert time.monotonic() - sent < 15 and result.timed_out and result.unread == [1], result
 
 
+def test_ranks_are_forked_from_torchrun_on_linux_and_fresh_interpreters_elsewhere(monkeypatch):
+    """Linux: torchrun forks each rank from its own process (torch imported once per job), and in a sandbox the
+    rank makes its own /tmp; macOS (a fork after its frameworks loaded can crash): a fresh interpreter per rank."""
+    import sys
+
+    from autograder.session import Job
+
+    monkeypatch.setattr(sys, "platform", "linux")
+    with Job(world_size=2, profile=_profile(), module=None, sources=None, label="t", sandboxed=True) as job:
+        cmd = job._command()
+    script = next(i for i, arg in enumerate(cmd) if arg.endswith("rank/forked.py"))
+    assert {"--run-path", "--start-method=fork"} <= set(cmd[:script]) and "--no-python" not in cmd, cmd
+    assert cmd[script + 2] == "--tmp", cmd   # after the job folder: its own /tmp
+    monkeypatch.setattr(sys, "platform", "darwin")
+    with Job(world_size=2, profile=_profile(), module=None, sources=None, label="t", sandboxed=False) as job:
+        cmd = job._command()
+    assert "--no-python" in cmd and "--run-path" not in cmd and "--start-method=fork" not in cmd, cmd
+    assert cmd[cmd.index("--standalone") + 1:][:2] == [sys.executable, "-I"], cmd   # each rank a new interpreter
+
+
 def test_ranks_share_their_scratch_folder_but_not_tmp_or_shm(tmp_path):
     """Each rank's /tmp and /dev/shm are its own (gloo); the scratch folder is shared, as a cluster's file system."""
     import torch
