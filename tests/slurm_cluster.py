@@ -100,9 +100,9 @@ def local_cluster(folder: Path, cpus: int = 2) -> Iterator[dict[str, str]]:
         _wait_until_idle(env, folder)
         yield {"SLURM_CONF": str(conf)}
     finally:
-        for pid_file in reversed(started):
-            _stop(pid_file)
+        outlived = [pid_file.stem for pid_file in reversed(started) if not _stop(pid_file)]
         shutil.rmtree(munge, ignore_errors=True)
+        assert not outlived, f"the local Slurm's daemons outlived it: {outlived}"
 
 
 def _wait_until_idle(env: dict[str, str], folder: Path, seconds: float = 60) -> None:
@@ -117,21 +117,27 @@ def _wait_until_idle(env: dict[str, str], folder: Path, seconds: float = 60) -> 
     raise RuntimeError(f"the local Slurm did not become idle within {seconds:.0f} s:\n{logs}")
 
 
-def _stop(pid_file: Path, seconds: float = 20) -> None:
+def _stop(pid_file: Path, seconds: float = 20) -> bool:
+    """Stop the daemon whose pid `pid_file` holds; whether it is gone."""
     try:
         pid = int(pid_file.read_text().split()[0])
     except (OSError, ValueError, IndexError):
-        return
+        return True
 
-    def still_slurm() -> bool:   # a daemon that died earlier left its pid to some other process
-        return b"slurm" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    def still_the_daemon() -> bool:   # a daemon that died earlier left its pid to some other process
+        try:
+            return pid_file.stem.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()   # munged, slurmctld, slurmd
+        except OSError:
+            return False
 
-    if not signal_if(pid, signal.SIGTERM, still_slurm):
-        return
+    if not signal_if(pid, signal.SIGTERM, still_the_daemon):
+        return True
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline and _alive(pid):
         time.sleep(0.1)
-    signal_if(pid, signal.SIGKILL, still_slurm)
+    signal_if(pid, signal.SIGKILL, still_the_daemon)
+    time.sleep(0.2)
+    return not (_alive(pid) and still_the_daemon())
 
 
 def _alive(pid: int) -> bool:
