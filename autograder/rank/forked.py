@@ -19,7 +19,7 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("job_dir")
     parser.add_argument("--tmp", type=int, default=0, help="bytes of a /tmp of the rank's own (0: the job's)")
     parser.add_argument("--shm", type=int, default=0, help="bytes of a /dev/shm of the rank's own (0: the job's)")
-    parser.add_argument("--keep", action="append", default=[], help="a folder under /tmp to bind again")
+    parser.add_argument("--keep", action="append", default=[], help="a folder or file under /tmp to bind again")
     return parser.parse_args(argv)
 
 

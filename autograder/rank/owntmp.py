@@ -58,7 +58,7 @@ def own_tmp(*, tmp_bytes: int, shm_bytes: int, keep: list[str]) -> None:
     _write("/proc/self/setgroups", "deny")
     _write("/proc/self/uid_map", f"{uid} {uid} 1")
     _write("/proc/self/gid_map", f"{gid} {gid} 1")
-    _ok(_libc.mount(None, b"/", None, MS_REC | MS_SLAVE, None), "mounts made private")
+    _ok(_libc.mount(None, b"/", None, MS_REC | MS_SLAVE, None), "mounts made slaves (nothing propagates out)")
     kept = {path: os.open(path, os.O_PATH) for path in keep}   # this namespace's mounts, reachable once covered
     _tmpfs("/tmp", tmp_bytes)
     for path, fd in kept.items():   # a mount point like what it covers: a folder, or a file (the package's __init__)
