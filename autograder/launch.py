@@ -25,6 +25,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def forks_ranks() -> bool:
+    """Whether torchrun's ranks are forked from its own process, which has imported torch already (Linux), or each
+    is a fresh interpreter (elsewhere: on macOS a fork after its system frameworks loaded can crash)."""
+    return sys.platform.startswith("linux")
+
+
 def torchrun_command(nprocs: int, command: list[str], *, nnodes: int = 1, endpoint: str | None = None,
                      run_id: str = "", forked: bool = False) -> list[str]:
     """torchrun (as `python -I -m torch.distributed.run`, this interpreter) running `command` in every rank: a

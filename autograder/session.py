@@ -92,9 +92,9 @@ class Job:
                  "from autograder.rank.__main__ import main; main(sys.argv[1])", str(self.folder.path)]
         if self.local:
             return fresh
-        # Under torchrun on Linux, each rank is forked from torchrun's process (rank/forked.py: torch is imported
-        # there already); elsewhere (macOS: a fork after its system frameworks loaded can crash) a fresh interpreter.
-        forked = sys.platform.startswith("linux")
+        # Under torchrun each rank is forked from torchrun's process where it can be (rank/forked.py: torch is
+        # imported there already), else a fresh interpreter.
+        forked = launch.forks_ranks()
         driver = [str(Path(__file__).resolve().parent / "rank" / "forked.py"), str(self.folder.path)] if forked else fresh
         if self.sandboxed:   # (Linux only)
             driver += sandbox.own_tmp(keep=self.confine.shown([self.folder.path]), shm=self.profile.backend != "nccl")

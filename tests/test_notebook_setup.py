@@ -2,9 +2,12 @@
 the report of a "predict, then measure" cell (03_concepts) with and without a prediction."""
 from __future__ import annotations
 
+import sys
+
 import pytest
 
-from autograder.notebook import prediction_report, shorten_launches, skip_launches_while_grading
+from autograder.notebook import (AS_SCRIPT, fork_launches, prediction_report, shorten_launches,
+                                 skip_launches_while_grading)
 
 
 @pytest.mark.parametrize("line", [
@@ -58,6 +61,35 @@ def test_the_smoke_configuration_shortens_training_launches_and_nothing_else():
     assert shorten_launches(lines) == [
         "!torchrun --standalone --nproc-per-node {NPROC} ddp_train.py --limit 256 --epochs 1 --batch-size 32\n",
         "    !torchrun --nproc-per-node 2 fsdp_train.py --limit=100 --epochs=1\n", lines[2], lines[3]]
+
+
+def test_the_smoke_configuration_forks_a_scripts_ranks_from_torchrun_and_leaves_other_launches(monkeypatch):
+    monkeypatch.setattr(sys, "platform", "linux")
+    lines = ["!torchrun --standalone --nproc-per-node {NPROC} ddp_train.py {DATA} --metrics m.json\n",
+             "    !OMP_NUM_THREADS={CORES} torchrun --nproc-per-node 1 resume_demo.py --save c 2>&1 | head -5\n",
+             "!torchrun --standalone --nproc-per-node {NPROC} -m autograder.timeline --parts pipeline_parts.py\n",
+             "!torchrun --standalone --nproc-per-node {NPROC} --no-python ./hello.sh --some-flag\n",
+             "!python -m torch.distributed.run --nproc-per-node 2 a.py\n", "print('ddp_train.py')\n"]
+    assert fork_launches(lines) == [
+        f"!torchrun --run-path --start-method=fork --standalone --nproc-per-node {{NPROC}} {AS_SCRIPT} ddp_train.py "
+        "{DATA} --metrics m.json\n",
+        f"    !OMP_NUM_THREADS={{CORES}} torchrun --run-path --start-method=fork --nproc-per-node 1 {AS_SCRIPT} "
+        "resume_demo.py --save c 2>&1 | head -5\n", *lines[2:]]
+    monkeypatch.setattr(sys, "platform", "darwin")   # launch.forks_ranks: a fresh interpreter per rank there
+    assert fork_launches(lines) == lines
+
+
+def test_a_script_forked_from_torchrun_runs_as_python_would_run_it(tmp_path):
+    """rank/as_script.py: the script's folder first on sys.path, its own argv, __name__ == "__main__"."""
+    import subprocess
+
+    (tmp_path / "sibling.py").write_text("VALUE = 42\n")
+    (tmp_path / "script.py").write_text("import sys, sibling\nif __name__ == '__main__':\n"
+                                        "    print(sibling.VALUE, sys.argv)\n")
+    out = subprocess.run([sys.executable, "-I", "-c", "import runpy, sys; sys.argv = sys.argv[1:]; "
+                          "runpy.run_path(sys.argv[0], run_name='__main__')", str(AS_SCRIPT),
+                          str(tmp_path / "script.py"), "--flag"], capture_output=True, text=True, cwd="/")
+    assert out.stdout.strip() == f"42 ['{tmp_path / 'script.py'}', '--flag']", out
 
 
 def test_a_check_that_times_a_speed_up_says_how_to_run_untimed():
