@@ -122,7 +122,7 @@ def test_mistake_is_rejected_with_a_hint_that_names_it(exercise, mistake, overri
 def test_a_middle_stage_that_sends_before_receiving_deadlocks_into_a_time_out_naming_each_rank():
     """3 stages: the middle one waits for a gradient the last stage sends only after its next activation. The
     harness stops the job at the time limit (far below gloo's own timeout) and names every rank's line."""
-    v = run_check("scratch.gpipe", module=control("scratch", "gpipe_middle_sends_first"), world_size=3, time_limit=40)
+    v = run_check("scratch.gpipe", module=control("scratch", "gpipe_middle_sends_first"), world_size=3, time_limit=20)
     assert v.status == "timeout", v.to_text()
     assert "TIME-OUT" in v.headline
     for rank in range(3):

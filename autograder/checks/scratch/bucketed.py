@@ -52,10 +52,10 @@ from .. import Check, Run
 from . import _dp, bucket_plan
 
 # The measured training step, per profile. On 2 CPU cores a step of EuroSATNet (width 16, 64x64 images,
-# batches of 16) takes ~0.3 s without communication, most of its backward in the first blocks (large maps,
-# few parameters), after the last blocks' large gradients are ready: a long window to hide them in. The
-# ranks' 290 KB of gradients each cross one loopback shaped to 15 Mbit/s (course.yaml) in ~0.2 s. Steps
-# this long vary little from round to round (+-3%, against +-10% for 32x32 images).
+# batches of 16) computes in ~65 ms (up to ~0.3 s on slower cores), most of its backward in the first blocks
+# (large maps, few parameters), after the last blocks' large gradients are ready: the window to hide them in.
+# The ~620 KB a rank sends per step cross one loopback shaped to 30 Mbit/s (course.yaml) in ~0.17 s: at
+# 15 Mbit/s communication so outweighed a fast core's backward that overlap hid only 4-5% of the step.
 SPEED = {"cpu": {"width": 16, "image": 64, "batch": 16, "cap_mb": 0.05, "steps": 2, "rounds": 8},
          "gpu": {"width": 64, "image": 64, "batch": 64, "cap_mb": 1.0, "steps": 4, "rounds": 8}}
 
