@@ -59,7 +59,7 @@ AS_SCRIPT = Path(__file__).parent / "rank" / "as_script.py"
 def fork_launches(lines: list[str]) -> list[str]:
     """IPython input transformer for the smoke configuration: a `!torchrun ... script.py` line runs its ranks forked
     from torchrun (rank/as_script.py), which has imported torch already, instead of a fresh interpreter that imports
-    it again: about 3 s of CPU less per rank. Forked ranks also skip the interpreter's shutdown, where torch 2.14's
+    it again: about 1.7 s of CPU less per rank. Forked ranks also skip the interpreter's shutdown, where torch 2.14's
     gloo can abort a rank ("terminate called without an active exception": a gloo worker thread releases the last
     collective's tensors while the interpreter is finalising, 1 run in 5-15 of 07's zero1 demo on a loaded machine).
     What the notebook's reader runs is unchanged."""
