@@ -117,13 +117,14 @@ def elements_off(got, want) -> int:
 
 
 def strays(got: dict, want: dict, share: float = STRAY_SHARE) -> list[tuple[str, int, int]]:
-    """[(key, elements off, elements)] for every tensor of two trained state dicts with more than `share` of its
-    elements (one at least) beyond the tolerance. Rounding moves every element by ~1e-7, but a few may be
+    """[(key, elements off, elements)], the largest share off first, for every tensor of two trained state dicts
+    with more than `share` of its elements (one at least) beyond the tolerance. Rounding moves every element by ~1e-7, but a few may be
     moved much further by a decision the summation order tips: after SGD, an activation at ~0 on the other side
     of a ReLU (or a max-pool tie) routes one gradient elsewhere, moving a few weights by ~lr x that gradient
     (fsdp.checkpoint at 3 ranks, 2 elements of 576 by 1.3e-4, about 1 draw in 50 here); after Adam, an element
     whose gradient sums to about zero takes a step of up to lr in the direction the order decides (fsdp.train at 3
     ranks, 1 element of 14.4 M). A mistake (a stale or untrained copy, a wrong gradient scale, ranks that never
     communicate) moves every element of a tensor, or every BatchNorm statistic. Counters are never strays."""
-    return [(k, off, w.numel()) for k, w in want.items()
-            if (off := elements_off(got[k], w)) > (max(1, int(share * w.numel())) if w.is_floating_point() else 0)]
+    found = [(k, off, w.numel()) for k, w in want.items()
+             if (off := elements_off(got[k], w)) > (max(1, int(share * w.numel())) if w.is_floating_point() else 0)]
+    return sorted(found, key=lambda s: s[1] / max(s[2], 1), reverse=True)
