@@ -256,3 +256,41 @@ def test_a_sweep_kills_only_processes_that_still_carry_the_token(monkeypatch, pi
     finally:
         other.kill()
         other.wait()
+
+
+def _rank_under_script_store(rank: int, port: int, delay: float, log) -> None:
+    """One rank of a script run: enter script_store after `delay` s, record when, init and sum a tensor."""
+    import torch
+    import torch.distributed as dist
+
+    from autograder.rank.toolkit import script_store
+
+    time.sleep(delay)
+    with script_store(port, rank, 2):
+        log.put((rank, "started", time.monotonic()))
+        dist.init_process_group("gloo")
+        x = torch.ones(1)
+        dist.all_reduce(x)
+        dist.destroy_process_group()
+    log.put((rank, "sum", x.item()))
+
+
+def test_a_script_run_starts_only_once_its_store_is_up():
+    """A rank that reaches a run before rank 0 must not meet a refused connection (TCPStore's retry waits
+    0.3-0.6 s: a random stall in a timed half-second run): it enters the run after rank 0 has hosted the store."""
+    import multiprocessing
+
+    from autograder.launch import free_port
+
+    forked = multiprocessing.get_context("fork")
+    log, port = forked.Queue(), free_port()
+    ranks = [forked.Process(target=_rank_under_script_store, args=(r, port, 0.5 if r == 0 else 0.0, log))
+             for r in (0, 1)]
+    for p in ranks:
+        p.start()
+    for p in ranks:
+        p.join(60)
+    events = {(r, what): value for r, what, value in (log.get(timeout=5) for _ in range(4))}
+    assert events[0, "sum"] == events[1, "sum"] == 2.0
+    # rank 0 enters 0.5 s late; rank 1 may start the moment the store listens, a little before rank 0 logs it
+    assert events[1, "started"] >= events[0, "started"] - 0.1, "rank 1 started its run before rank 0 hosted the store"

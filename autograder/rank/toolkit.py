@@ -1,10 +1,12 @@
 """Helpers for the rank parts (and the harness, where both must build the same thing): the error line,
-full float32, patching a function for the length of a call, environment variables, and models
-rebuilt from the specs and weights the harness sends.
+full float32, patching a function for the length of a call, environment variables, a script run's
+own store, and models rebuilt from the specs and weights the harness sends.
 """
 from __future__ import annotations
 
 import os
+import socket
+import time
 import traceback
 from contextlib import contextmanager
 from pathlib import Path
@@ -73,6 +75,42 @@ def environment(values: dict[str, str | None]):
         yield
     finally:
         apply(saved)
+
+
+@contextmanager
+def script_store(port: int, rank: int, world: int, timeout: float = 60.0):
+    """The torchrun variables for one run of a learner's script on `world` ranks, with its store already up.
+
+    Rank 0 hosts a fresh TCPStore on `port` before the script starts, and every rank's init_process_group
+    joins it as a client (TORCHELASTIC_USE_AGENT_STORE, as under torchrun's agent); the other ranks wait
+    here, polling every millisecond, until it accepts connections. Were rank 0's init_process_group to start
+    the server, a rank that reached it ~20 ms earlier would be refused and retry after a back-off of 0.3-0.6 s
+    (measured on torch 2.14): a random stall in a timed run of half a second.
+    """
+    from datetime import timedelta
+
+    from torch.distributed import TCPStore
+
+    store = None
+    if rank == 0:
+        store = TCPStore("127.0.0.1", port, world, is_master=True, wait_for_workers=False,
+                         timeout=timedelta(seconds=timeout))
+    else:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.001)
+    try:
+        with environment({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+                          "WORLD_SIZE": str(world), "TORCHELASTIC_USE_AGENT_STORE": "True"}):
+            yield
+    finally:
+        del store
 
 
 # ------------------------------------------------------------------ models from specs

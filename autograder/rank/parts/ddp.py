@@ -16,7 +16,8 @@ from pathlib import Path
 
 from ..device import ddp_device_ids
 from ..groupwatch import Refused, device_str, init_args, init_problem, simulate_gpu_host, vote
-from ..toolkit import build_model, environment, float32, patched, secret_synthetic_tensors, state_of
+from ..toolkit import (build_model, environment, float32, patched, script_store, secret_synthetic_tensors,
+                       state_of)
 
 
 # ================================================================ ddp.init
@@ -247,7 +248,7 @@ def train(ctx, learner, inputs):
 
     The harness's synthetic images replace eurosat.data.synthetic_tensors (and every name for it in
     the learner's modules) for the two calls load_data makes: (n, seed) for training, (n // 4 or 16,
-    seed + 1) for validation. Each run gets a store of its own on the harness's port.
+    seed + 1) for validation. Each run gets a store of its own on the harness's port (toolkit.script_store).
     """
     import torch.distributed as dist
 
@@ -266,13 +267,12 @@ def train(ctx, learner, inputs):
     metrics_path, checkpoint_path = folder / "metrics.json", folder / "model.pt"
     argv = [str(a) for a in inputs["argv"]] + ["--seed", str(seed), "--metrics", str(metrics_path),
                                               "--checkpoint", str(checkpoint_path)]
-    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(inputs["port"]), "RANK": str(ctx.rank),
-           "WORLD_SIZE": str(world), "LOCAL_RANK": str(ctx.local_rank if world > 1 else 0),
-           "LOCAL_WORLD_SIZE": os.environ.get("LOCAL_WORLD_SIZE") if world > 1 else "1",
-           "TORCHELASTIC_USE_AGENT_STORE": "False"}   # rank 0 hosts this run's store
+    env = {"LOCAL_RANK": str(ctx.local_rank if world > 1 else 0),
+           "LOCAL_WORLD_SIZE": os.environ.get("LOCAL_WORLD_SIZE") if world > 1 else "1"}
     probe = TrainingProbe()
     try:
-        with _replaced([eurosat.data, *own], real, injected), environment(env):
+        with (_replaced([eurosat.data, *own], real, injected), environment(env),
+              script_store(inputs["port"], ctx.rank, world)):
             learner.main(argv)
     finally:
         probe.handle.remove()

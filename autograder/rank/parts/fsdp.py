@@ -13,7 +13,7 @@ import sys
 import time
 from contextlib import ExitStack
 
-from ..toolkit import build_model, environment, float32, patched, secret_synthetic_tensors
+from ..toolkit import build_model, environment, float32, patched, script_store, secret_synthetic_tensors
 
 TWICE = "can only be applied to a module once"   # fully_shard's own error for a module sharded twice
 SAVE_DELAY = 0.5   # seconds each torch.save waits before writing: a rank that does not wait for the writer sees no file
@@ -213,7 +213,7 @@ def train(ctx, learner, inputs):
     The harness's synthetic images replace eurosat.data.synthetic_tensors, in the script and in
     the module its load_data comes from, for the two calls load_data makes: (n, seed) for
     training, (n // 4 or 16, seed + 1) for validation. The run gets a store of its own on the
-    harness's port, as a fresh torchrun launch would.
+    harness's port, up before the script starts (toolkit.script_store).
     """
     import torch.distributed as dist
 
@@ -226,15 +226,13 @@ def train(ctx, learner, inputs):
     folder.mkdir(exist_ok=True)
     argv = [str(a) for a in inputs["argv"]] + ["--seed", str(seed), "--metrics", str(folder / "metrics.json"),
                                               "--checkpoint", str(folder / "model.pt")]
-    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(inputs["port"]), "RANK": str(ctx.rank),
-           "WORLD_SIZE": str(ctx.world_size), "LOCAL_RANK": str(ctx.local_rank),
-           "TORCHELASTIC_USE_AGENT_STORE": "False"}   # rank 0 hosts this run's store
     owners = {id(m): m for m in (learner, sys.modules.get(getattr(getattr(learner, "load_data", None),
                                                                    "__module__", ""), None)) if m is not None}
     probe = OptimizerProbe()
     try:
         with ExitStack() as stack:
-            stack.enter_context(environment(env))
+            stack.enter_context(environment({"LOCAL_RANK": str(ctx.local_rank)}))
+            stack.enter_context(script_store(inputs["port"], ctx.rank, ctx.world_size))
             stack.enter_context(patched(eurosat.data, "synthetic_tensors", injected))
             for module in owners.values():   # `from eurosat.data import synthetic_tensors` binds the original
                 if getattr(module, "synthetic_tensors", None) is real:
