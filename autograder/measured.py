@@ -1,41 +1,20 @@
-"""What the speed and memory checks use: the learner's job and the reference's job side by side, runs
-timed from outside in rotating order, and pass lines calibrated by the reference in the same run.
+"""What the speed and memory checks work with: the learner's job and the reference's job side by side
+(`Measurement`), their runs timed from outside, and the verdict whatever happens (`run_measured`).
+The rounds and the decisions on their times are in rounds.py.
 
 Why a reference job: the learner's code cannot be its own baseline (a script can slow its
 1-rank runs down), and a fixed pass line fails honest students on a busy laptop. So the
 reference solution (the source notebook's own file, run in a process the learner's code is
-not in) gives the baseline and shows what this machine can reach right now:
-
-    reference speed-up  = median over rounds of t(reference, baseline) / t(reference, parallel)
-    learner speed-up    = median over rounds of t(reference, baseline) / t(learner, parallel)
-    pass line           = max(floor, reference_share x reference speed-up)
-
-and when even the reference stays under the floor the verdict is INCONCLUSIVE (re-run on a
-quieter machine), never a fail. Each round runs its three sides in a rotated order (ABC,
-CAB, BCA, ...), so a drift in the machine's speed hits every side alike.
-
-A fail needs evidence beyond the machine's noise, because the learner's parallel runs and the
-reference's are two samples of one distribution when the learner's code is right:
-
-    pace = median over rounds of t(reference, parallel) / t(learner, parallel)
-
-compares them directly, round by round. A learner below the line who kept `pace_share` of the
-reference's pace is INCONCLUSIVE (the baseline drifted, or the medians fell apart by chance),
-not failed. And a learner below the line whose best round reached it gets more rounds, up to
-`max_rounds` (measured.more_rounds): three rounds decide clear cases, seven the close ones.
+not in) gives the baseline and shows what this machine can reach right now.
 
 While another job runs, the learner's job has nothing to do: Measurement.run reads its CPU time
 from /proc around every such run, and a learner job that worked in the background (a thread that
 spins while main() is not running slows the reference's timed runs, the baseline most of all, and
 flatters the learner's figure) fails the check (Measurement.require_idle_learner).
-
-In the student pack there is no reference: the baseline is the learner's own run and the
-pass line is the floor (a self-check, not a grade).
 """
 from __future__ import annotations
 
 import os
-import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,14 +24,6 @@ from . import machine
 from .outcome import TaskResult
 from .session import Job
 from .verdict import CheckFailed, Inconclusive, Verdict
-
-
-@dataclass(frozen=True)
-class SpeedThresholds:
-    """course.yaml thresholds of a speed check judged with `calibrated` (ddp.train, pipeline.train)."""
-    floor_efficiency: float   # the floor: this share of the ideal speed-up
-    reference_share: float    # the line: at least this share of the reference's own speed-up in the same run
-    pace_share: float         # below the line yet this share of the reference's pace: inconclusive, not a fail
 
 
 class JobFailed(Exception):
@@ -68,54 +39,6 @@ class ReferenceFailed(RuntimeError):
 
 
 IDLE_SHARE = 0.15   # of one core: more, while the learner's job has nothing to do, is background work
-
-
-def rotations(repeats: int, sides: int = 3) -> list[list[int]]:
-    """Round i runs the sides in order rotated by i: [0,1,2], [2,0,1], [1,2,0], ..."""
-    base = list(range(sides))
-    return [base[-(i % sides):] + base[:-(i % sides)] if i % sides else base[:] for i in range(repeats)]
-
-
-def calibrated(baseline: list[float], reference: list[float], learner: list[float], *, ideal: float,
-               floor_efficiency: float, reference_share: float, pace_share: float | None = None) -> dict:
-    """The speed-up figures and the decision: 'pass', 'fail' or 'inconclusive' (see the module docstring).
-
-    `why` says what made a decision other than pass: 'reference under the floor', 'kept pace' or 'slower'."""
-    ref = [b / r for b, r in zip(baseline, reference)]
-    got = [b / x for b, x in zip(baseline, learner)]
-    ref_median, got_median = statistics.median(ref), statistics.median(got)
-    pace = statistics.median([r / x for r, x in zip(reference, learner)])
-    floor = round(floor_efficiency * ideal, 2)
-    line = round(max(floor, reference_share * ref_median), 2)
-    if got_median >= line:
-        decision, why = "pass", ""
-    elif ref_median < floor:
-        decision, why = "inconclusive", "reference under the floor"
-    elif pace_share is not None and pace >= pace_share:
-        decision, why = "inconclusive", "kept pace"
-    else:
-        decision, why = "fail", "slower"
-    return {"measured": round(got_median, 2), "reference": round(ref_median, 2), "ideal": ideal,
-            "threshold": line, "floor": floor, "ratios": [round(x, 2) for x in got],
-            "reference_ratios": [round(x, 2) for x in ref], "pace": round(pace, 2), "decision": decision,
-            "why": why}
-
-
-def more_rounds(figure: dict | None, rounds_done: int, max_rounds: int) -> bool:
-    """Whether a speed measurement should go on: not passed yet, one of its rounds did reach the line (a close
-    case, not a clear miss), and fewer than `max_rounds` rounds so far."""
-    return (figure is not None and rounds_done < max_rounds and figure["decision"] != "pass"
-            and max(figure["ratios"]) >= figure["threshold"])
-
-
-def self_baseline(baseline: list[float], learner: list[float], *, ideal: float, floor_efficiency: float) -> dict:
-    """Student pack: the learner's own baseline, the floor as the line (no reference to calibrate with)."""
-    got = [b / x for b, x in zip(baseline, learner)]
-    median = statistics.median(got)
-    floor = round(floor_efficiency * ideal, 2)
-    return {"measured": round(median, 2), "ideal": ideal, "threshold": floor, "floor": floor,
-            "ratios": [round(x, 2) for x in got], "decision": "pass" if median >= floor else "fail",
-            "self_baseline": True}
 
 
 @dataclass
@@ -272,5 +195,5 @@ def _close_jobs(m: Measurement) -> None:
     m.jobs.clear()
 
 
-__all__ = ["CheckFailed", "Inconclusive", "JobFailed", "Measurement", "ReferenceFailed", "calibrated",
-           "cpu_seconds", "more_rounds", "rotations", "run_measured", "self_baseline"]
+__all__ = ["CheckFailed", "Inconclusive", "JobFailed", "Measurement", "ReferenceFailed", "cpu_seconds",
+           "run_measured"]

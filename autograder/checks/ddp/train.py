@@ -9,7 +9,7 @@ a fresh secret and sent to the ranks, which hand them to load_data in place of
 eurosat.data.synthetic_tensors. Every round has its own data and its own --seed, so nothing
 computed in an earlier call or round helps.
 
-Rounds (measured.rotations): reference on 1 rank (the baseline), reference on N ranks, learner on
+Rounds (rounds.timed_rounds): reference on 1 rank (the baseline), reference on N ranks, learner on
 N ranks, in an order rotated each round, after one untimed warm-up run per job. Each run is timed
 from outside (inputs sent -> last reply).
 
@@ -30,24 +30,23 @@ work there would slow the baseline and flatter the learner's speed-up.
 
 Speed (N > 1, repeats > 0): learner = median over rounds of t(reference, 1 rank) / t(learner, N);
 pass line max(floor_efficiency x ideal, reference_share x the reference's own speed-up in the
-same rounds) (measured.calibrated, thresholds in course.yaml; ideal = N, at most the cores on the
+same rounds) (rounds.speed_figure, thresholds in course.yaml; ideal = N, at most the cores on the
 cpu profile). Inconclusive, never a fail, when even the reference stays under the floor, or when
 the learner's N-rank runs kept pace_share of the reference's N-rank runs of the same rounds (the
 1-rank baseline drifted: a busy machine). A close miss (one round reached the line) gets more
-rounds, up to max_repeats (measured.more_rounds). A script that is slow only on 1 rank gains nothing: its
+rounds, up to max_repeats (rounds.more_rounds). A script that is slow only on 1 rank gains nothing: its
 1-rank runs are never timed. A round whose learner run is wrong ends the check (with the speed-up
 so far). Student pack (no source notebook): the learner's own 1-rank runs are the baseline and the
 floor is the line (a self-check), with the rank's observations standing in for the reference.
 """
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import os
 
-from ... import measured
-from ...verdict import CheckFailed, Inconclusive
+from ... import measured, rounds
+from ...verdict import CheckFailed
 from .. import Check
 from . import (differing, is_state_dict, load_saved, max_difference, one_thread, reads_rank_results,
                strict_load_problem)
@@ -189,36 +188,17 @@ def ideal_speedup(ws: int, profile: str, cpus: set[int] | None) -> float:
     return float(min(ws, cores) if profile == "cpu" else ws)
 
 
-def speed_figure(times: dict, rounds: int, ws: int, *, ideal: float, thresholds: measured.SpeedThresholds,
-                 self_baseline: bool, label: str) -> dict | None:
-    """details["speedup"] from the complete rounds in `times` ((job, ranks, round) -> seconds), or None.
-
-    The baseline is the reference's 1-rank runs (the learner's own only in the student pack)."""
-    done = [i for i in range(rounds)
-            if all((job, ranks or ws, i) in times for job, ranks, _ in sides(i, self_baseline))]
-    if ws == 1 or not done:
-        return None
-    learner = [times["learner", ws, i] for i in done]
-    if self_baseline:
-        figure = measured.self_baseline([times["learner", 1, i] for i in done], learner, ideal=ideal,
-                                        floor_efficiency=thresholds.floor_efficiency)
-    else:
-        reference = [times["reference", ws, i] for i in done]
-        # pace: the learner's N-rank runs against the reference's of the same rounds. A fail that comes from a
-        # drifting 1-rank baseline, while the learner kept the reference's pace, is undecided (a script that
-        # serialises its ranks or repeats the work keeps ~55% of it).
-        figure = measured.calibrated([times["reference", 1, i] for i in done], reference, learner, ideal=ideal,
-                                     floor_efficiency=thresholds.floor_efficiency,
-                                     reference_share=thresholds.reference_share, pace_share=thresholds.pace_share)
-    return {**figure, "label": label}
-
-
-def sides(i: int, self_baseline: bool) -> list[tuple]:
-    """Round i's runs, (job, ranks, round), in the rotated order."""
-    runs = [("learner", 1), ("learner", None)] if self_baseline else \
-        [("reference", 1), ("reference", None), ("learner", None)]    # None: all N ranks
-    order = measured.rotations(i + 1, len(runs))[i]
-    return [(*runs[k], i) for k in order]
+def sides(jobs: dict, ws: int, speed_wanted: bool) -> dict[str, tuple]:
+    """The runs of a round, side -> (job, ranks): the learner on N ranks, the reference on N ranks (to compare the
+    weights with, and to calibrate), and for the speed-up the baseline: the reference on 1 rank (the learner's own
+    1-rank runs only in the student pack, where there is no reference)."""
+    runs = {}
+    if speed_wanted:
+        runs["baseline"] = (jobs.get("reference", jobs["learner"]), 1)
+    if "reference" in jobs:
+        runs["reference"] = (jobs["reference"], ws)
+    runs["learner"] = (jobs["learner"], ws)
+    return runs
 
 
 def _measure(m) -> tuple[str, dict]:
@@ -228,38 +208,39 @@ def _measure(m) -> tuple[str, dict]:
     jobs = {"learner": m.learner_job()}
     if sources is not None:
         jobs["reference"] = m.reference_job(sources, module=m.call.exercise.module)
-    self_baseline = sources is None
     # The ranks import torch meanwhile: the rounds' secret data are drawn now.
     rng = m.trial.rng
-    rounds = p["repeats"] if speed_wanted else 1
-    data = [_draw_round(rng, p["images"]) for _ in range(rounds)]   # more when a close case needs more rounds
+    data = [_draw_round(rng, p["images"]) for _ in range(p["repeats"] if speed_wanted else 1)]
     warmup = _draw_round(rng, p["warmup_images"]) if speed_wanted else None
     for job in jobs.values():
         m.ready(job)
         if warmup is not None:
             m.run(job, "ddp.train", _inputs(warmup, ws, ws, p, "warmup"))
-    times, results, gaps, speed = {}, {}, [], None
+    runs, results, gaps = sides(jobs, ws, speed_wanted), {}, []
     ideal = ideal_speedup(ws, m.trial.profile, m.cpus)
     label = f"{ws} ranks vs 1 (same {p['images'] * p['epochs']} images)"
-    for i in itertools.count():
-        if i >= rounds and not (speed_wanted and measured.more_rounds(speed, i, p["max_repeats"])):
-            break
+
+    def run(side: str, i: int) -> float:
         if i == len(data):   # a close case's extra round
             data.append(_draw_round(rng, p["images"]))
-        for name, ranks, _ in sides(i, self_baseline):
-            if ranks == 1 and not speed_wanted:
-                continue   # correctness only: no baseline
-            world = ranks or ws
-            done = m.run(jobs[name], "ddp.train", _inputs(data[i], world, ws, p, f"{name}{world}_{i}"))
-            times[name, world, i], results[name, world, i] = done.seconds, done.results()
-        speed = speed_figure(times, i + 1, ws, ideal=ideal, thresholds=m.trial.thresholds,
-                             self_baseline=self_baseline, label=label) if speed_wanted else None
-        reference = results.get(("reference", ws, i))
+        job, world = runs[side]
+        done = m.run(job, "ddp.train", _inputs(data[i], world, ws, p, f"{side}{world}_{i}"))
+        results[side, i] = done.results()
+        return done.seconds
+
+    def decide(seconds: dict) -> dict:
+        return {**rounds.speed_figure(seconds, ideal=ideal, thresholds=m.trial.thresholds), "label": label}
+
+    def judge(i: int, speed: dict | None) -> None:
+        reference = results.get(("reference", i))
         reference_state = load_saved(reference[0]["checkpoint"])[0] if reference else None
         if reference is not None and not is_state_dict(reference_state):
             raise measured.ReferenceFailed("the reference script wrote no usable checkpoint")
-        gaps.append(_judge_run(results["learner", ws, i], reference_state, data[i], ws, p, speed))
+        gaps.append(_judge_run(results["learner", i], reference_state, data[i], ws, p, speed))
         m.require_idle_learner({"speedup": speed} if speed else {})
+
+    _, speed = rounds.timed_rounds(list(runs), run, rounds=len(data), decide=decide if speed_wanted else None,
+                                   max_rounds=p["max_repeats"] if speed_wanted else 0, after_round=judge)
     what = (f"ddp_train.py on {ws} rank(s) trained like the reference script on {len(data)} secret data set(s) (weights "
             f"within {max(gaps):.1e}), checkpoint and metrics right" if sources is not None else
             f"ddp_train.py on {ws} rank(s): its shares, DDP, checkpoint and metrics looked right (self-check)")
@@ -269,21 +250,14 @@ def _measure(m) -> tuple[str, dict]:
     line = (f"{speed['measured']:.2f}x as fast as 1 rank (rounds {', '.join(f'{x:.2f}x' for x in speed['ratios'])}; "
             f"pass line {speed['threshold']:.2f}x" + (f", reference {speed['reference']:.2f}x)" if "reference" in speed
                                                       else ", your own 1-rank runs as the baseline)"))
-    if speed["decision"] == "inconclusive":
-        why = (f"even the reference reached only {speed['reference']:.2f}x (floor {speed['floor']:.2f}x)"
-               if speed["why"] == "reference under the floor" else
-               f"yet your {ws}-rank runs kept {speed['pace']:.0%} of the reference's pace in the same rounds")
-        raise Inconclusive(f"{what}, but the speed-up is undecided: {line}; {why}",
-                           "The machine is too busy to measure a speed-up now (other programs hold the cores): "
-                           "close them or wait, and run the check again.", {"speedup": speed})
-    if speed["decision"] == "fail":
-        _fail(f"{ws} ranks were only {line}", "Something makes the ranks wait for each other or repeat work: no "
-              "dist.barrier() or .item() on every step, no rank-0-only work inside the loop, each rank trains its "
-              "own share.", speed)
+    rounds.require_speed(speed, line, correct=what, runs=f"{ws}-rank runs", fail_message=f"{ws} ranks were too slow",
+                         fail_hint="Something makes the ranks wait for each other or repeat work: no dist.barrier() or "
+                                   ".item() on every step, no rank-0-only work inside the loop, each rank trains its "
+                                   "own share.", details={"speedup": speed})
     return f"{what}; {ws} ranks {line}", {"speedup": speed}
 
 
 CHECK = Check(id="ddp.train", functions=("main", "parse_args", "load_data"), measure=_measure, measures_speed=True,
-              thresholds=measured.SpeedThresholds, unmeasured={"repeats": 0}, explain=explain,
+              thresholds=rounds.SpeedThresholds, unmeasured={"repeats": 0}, explain=explain,
               defaults={"images": 256, "epochs": 1, "batch_size": 32, "repeats": 3, "max_repeats": 7,
                         "warmup_images": 32})

@@ -14,18 +14,18 @@ reassembled from the script's checkpoint (with the script's own load_full_model)
    losses must be the reference's. This also pays every first call (process group, imports, the
    tracer) outside the timed rounds.
 2. `rounds` rounds, each on new secret data and --seed, run three sides in rotating order
-   (measured.rotations), each timed from outside (inputs sent -> last reply):
+   (rounds.timed_rounds), each timed from outside (inputs sent -> last reply):
      baseline     the reference with 1 microbatch (the stages take turns: no overlap),
      calibration  the reference with m microbatches (what this machine can reach right now),
      learner      the learner's script with m microbatches (its weights compared again).
-Decision: measured.calibrated (pass line max(floor_efficiency x ideal, reference_share x the
+Decision: rounds.speed_figure (pass line max(floor_efficiency x ideal, reference_share x the
 reference's speed-up); inconclusive, never a fail, when even the reference misses the floor, or
 when the learner's m-microbatch runs kept pace_share of the reference's m-microbatch runs in the
 same rounds). A close miss (one round reached the line) gets more rounds, up to max_rounds
-(measured.more_rounds): on 2 cores the reference's rounds spread over 0.9-1.6x, and medians of
+(rounds.more_rounds): on 2 cores the reference's rounds spread over 0.9-1.6x, and medians of
 three such rounds once failed the reference itself, graded as a learner, in CI.
 Without a reference (the student pack) the learner's own 1-microbatch runs are the baseline and
-the floor is the line (measured.self_baseline); the weights are then not compared.
+the floor is the line (rounds.self_baseline); the weights are then not compared.
 `judge_speed=False` (a hidden correctness variant) stops after step 1, with `steps` steps.
 
 Tolerance of the weights: the learner's run must end with the reference's weights (BatchNorm
@@ -44,9 +44,9 @@ from __future__ import annotations
 
 import math
 
-from ...measured import SpeedThresholds
+from ... import rounds
 from ...rank.timeline import ideal_speedup, merge_timelines
-from ...verdict import CheckFailed, Inconclusive, expect
+from ...verdict import CheckFailed, expect
 from .. import Check
 from . import absent, explain, images, labels, read_carefully, secret_model, worst_error
 
@@ -191,11 +191,9 @@ def _judged(mine, reference, steps: int, k: int, round_: int) -> None:
 
 
 def _measure(m):
-    from ...measured import calibrated, more_rounds, rotations, self_baseline
-
     trial = m.trial
-    p, th, ws = trial.params, trial.thresholds, m.world_size
-    k, steps, rounds, max_rounds = int(p["microbatches"]), int(p["steps"]), int(p["rounds"]), int(p["max_rounds"])
+    p, ws = trial.params, m.world_size
+    k, steps = int(p["microbatches"]), int(p["steps"])
     judge_speed = bool(p.get("judge_speed", True))
     sources = m.reference_sources()
     learner = m.learner_job()
@@ -215,30 +213,29 @@ def _measure(m):
 
     # 2. Timed rounds, one side after the other in rotating order, new data and --seed each round; more rounds while
     #    the case is close.
-    sides = [(reference, 1), (reference, k), (learner, k)] if reference is not None else [(learner, 1), (learner, k)]
-    seconds: dict[int, list[float]] = {s: [] for s in range(len(sides))}
+    runs = {"baseline": (reference or learner, 1), "reference": (reference, k), "learner": (learner, k)}
+    if reference is None:
+        del runs["reference"]
+    outs = {}
     ideal = round(ideal_speedup(ws, k), 2)
-    floor_efficiency = th.floor_efficiency
-    speed, i = None, 0
-    while i < rounds or more_rounds(speed, i, max_rounds):
-        outs = {}
-        for s in rotations(i + 1, len(sides))[i]:
-            job, n_mb = sides[s]
-            outs[s] = m.run(job, "pipeline.train", _run_inputs(trial, 1000 + 100 * i, ws, n_mb, steps, f"run-{i}-{s}"),
-                            group="harness")
-            seconds[s].append(outs[s].seconds)
-        _judged(outs[len(sides) - 1], outs[1] if reference is not None else None, steps, k, i)
+
+    def run(side: str, i: int) -> float:
+        job, n_mb = runs[side]
+        outs[side, i] = m.run(job, "pipeline.train", _run_inputs(trial, 1000 + 100 * i, ws, n_mb, steps,
+                                                                 f"run-{i}-{side}"), group="harness")
+        return outs[side, i].seconds
+
+    def judge(i: int, _speed) -> None:
+        _judged(outs["learner", i], outs.get(("reference", i)), steps, k, i)
         m.require_idle_learner()   # background work while the reference ran would slow its baseline
-        if reference is not None:
-            speed = calibrated(seconds[0], seconds[1], seconds[2], ideal=ideal, floor_efficiency=floor_efficiency,
-                               reference_share=th.reference_share, pace_share=th.pace_share)
-        else:
-            speed = self_baseline(seconds[0], seconds[1], ideal=ideal, floor_efficiency=floor_efficiency)
-        i += 1
-    names = (["baseline (reference, 1 microbatch)", f"reference, {k}", f"yours, {k}"] if reference is not None
-             else ["yours, 1 microbatch", f"yours, {k}"])
+
+    seconds, speed = rounds.timed_rounds(
+        list(runs), run, rounds=int(p["rounds"]), max_rounds=int(p["max_rounds"]), after_round=judge,
+        decide=lambda seconds: rounds.speed_figure(seconds, ideal=ideal, thresholds=trial.thresholds))
+    names = {"baseline": f"baseline ({'reference' if reference is not None else 'yours'}, 1 microbatch)",
+             "reference": f"reference, {k}", "learner": f"yours, {k}"}
     speed.update(label=f"{ws} stages: {k} microbatches vs 1",
-                 seconds={name: [round(x, 3) for x in seconds[s]] for s, name in enumerate(names)})
+                 seconds={names[side]: [round(x, 3) for x in v] for side, v in seconds.items()})
     details = {"speedup": speed}
     picture = _timeline(m, learner, trial, k)
     if picture:
@@ -249,25 +246,18 @@ def _measure(m):
     figures = (f"{k} microbatches ran {speed['measured']:.2f}x faster than 1 microbatch (ideal p*m/(m+p-1) = "
                f"{ideal:.2f}x, pass line {speed['threshold']:.2f}x{versus}; rounds "
                f"{', '.join(f'{x:.2f}' for x in speed['ratios'])})")
-    if speed["decision"] == "inconclusive":
-        why = (f"even the reference stayed under the floor of {speed['floor']:.2f}x on this machine right now"
-               if speed["why"] == "reference under the floor" else
-               f"yet your runs with {k} microbatches kept {speed['pace']:.0%} of the reference's pace in the same "
-               "rounds")
-        raise Inconclusive(f"{figures}: {why}, so the speed-up cannot be judged",
-                           "Close other programs (or wait for other jobs to finish) and run the check again.", details)
-    if speed["decision"] == "fail":
-        raise CheckFailed(figures, "The stages do not overlap: give each rank only its stage, pass the microbatch "
-                                   "count to the schedule, and keep per-step work (printing, .item() on every rank, "
-                                   "evaluation) out of the training loop. On a busy machine, run the check again.",
-                          details)
+    rounds.require_speed(speed, figures, correct=checked, runs=f"runs with {k} microbatches",
+                         fail_message="the stages do not overlap enough",
+                         fail_hint="Give each rank only its stage, pass the microbatch count to the schedule, and "
+                                   "keep per-step work (printing, .item() on every rank, evaluation) out of the "
+                                   "training loop. On a busy machine, run the check again.", details=details)
     bubble = "; ".join(f"{name} bubble {b['measured']:.0%} measured vs {b['formula']:.0%} formula"
                        for name, b in (picture or {}).get("bubble", {}).items())
     return f"{figures}; {checked}" + (f"; {bubble}" if bubble else ""), details
 
 
 CHECK = Check(id="pipeline.train", functions=("main",), measure=_measure, measures_speed=True, explain=explain,
-              thresholds=SpeedThresholds,
+              thresholds=rounds.SpeedThresholds,
               unmeasured={"judge_speed": False},
               defaults={"microbatches": 4, "batch_size": 64, "steps": 5, "rounds": 3, "max_rounds": 7,
                         "judge_speed": True})

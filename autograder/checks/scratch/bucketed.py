@@ -21,7 +21,7 @@ Each job runs in its own network namespace whose loopback is shaped with tc tbf 
 course.yaml `loopback_mbit`, with an Ethernet MTU and a burst of two packets): every all-reduced byte
 costs time, as on a real link, so hiding communication behind the backward shows, and sending in the
 backward's pauses earns no credit (a large burst let synchronous hooks pass for overlap). Rounds run
-the four sides in rotated order (measured.rotations); the harness times every task. Per round each side's speed-up over naive;
+the four sides in rotated order (rounds.timed_rounds); the harness times every task. Per round each side's speed-up over naive;
 medians over the rounds. The reference with and without overlap brackets what overlap buys on this
 machine now: pass line = no-overlap + overlap_share x (reference - no-overlap) (course.yaml), so
 that the fewer, larger collectives of buckets alone do not pass; INCONCLUSIVE (neither a pass nor a
@@ -44,8 +44,8 @@ from __future__ import annotations
 
 import os
 import statistics
-from dataclasses import dataclass
 
+from ... import rounds
 from ...config import ConfigError
 from ...verdict import CheckFailed, Inconclusive
 from .. import Check, Run
@@ -172,53 +172,7 @@ def _correctness(m, learner) -> str:
     return _judge(run)
 
 
-def decide(times: dict[str, list[float]], *, min_gain: float, share: float, agreement: float = 0.75) -> dict:
-    """The overlap decision from per-round step times {"naive", "no overlap", "reference"?, "yours"}.
-
-    Per round, each side's speed-up over that round's naive steps; medians over the rounds. The
-    reference's buckets with and without overlap bracket what overlap buys on this machine right now:
-    pass line = no overlap + share x (reference - no overlap). Inconclusive (neither a pass nor a fail)
-    when that gap is under min_gain, or when the reference beat its no-overlap twin in fewer than
-    `agreement` of the rounds (a machine too busy to show overlap reliably), or when the learner's median
-    missed the line but the reference was faster than the learner in fewer than `agreement` of the rounds
-    (right code is a second sample of the reference: its median falls under the line by chance, its rounds
-    do not lose to the reference's round after round). Without a reference (student pack) the no-overlap
-    twin is the learner's own and the line is that twin + min_gain.
-    """
-    def speedups(side):
-        return [n / x for n, x in zip(times["naive"], times[side])]
-
-    ratios = {side: speedups(side) for side in times if side != "naive"}
-    med = {side: statistics.median(v) for side, v in ratios.items()}
-    low, wins, ahead = med["no overlap"], None, None
-
-    def share_of_wins(a, b):
-        return sum(x > y for x, y in zip(ratios[a], ratios[b])) / len(ratios[a])
-
-    if "reference" in med:
-        gap = med["reference"] - low
-        line = low + share * gap
-        wins, ahead = share_of_wins("reference", "no overlap"), share_of_wins("reference", "yours")
-        if gap < min_gain or wins < agreement:    # the noise would decide: neither a pass nor a fail
-            verdict, why = "inconclusive", "no clear gain"
-        elif med["yours"] >= line:
-            verdict, why = "pass", ""
-        elif ahead < agreement:
-            verdict, why = "inconclusive", "kept pace"
-        else:
-            verdict, why = "fail", "slower"
-    else:
-        gap, line = None, low + min_gain
-        verdict, why = ("pass", "") if med["yours"] >= line else ("fail", "slower")
-    return {"speedups": {k: round(v, 3) for k, v in med.items()}, "threshold": round(line, 3),
-            "gap": None if gap is None else round(gap, 3), "reference_wins": wins, "reference_ahead": ahead,
-            "decision": verdict, "why": why,
-            "ratios": {side: [round(x, 3) for x in v] for side, v in ratios.items()}}
-
-
 def _measure(m):
-    from ... import measured
-
     setting, why = _setting(m)
     ws = m.world_size
     learner = m.learner_job(confine=setting["confine"] if setting else None)
@@ -231,7 +185,7 @@ def _measure(m):
         return f"{summary}; {why}", {}
 
     speed_inputs = _speed_inputs(m.trial, setting)
-    steps, rounds = setting["steps"], int(m.trial.params.get("rounds", setting["rounds"]))
+    steps, n_rounds = setting["steps"], int(m.trial.params.get("rounds", setting["rounds"]))
     if reference:
         m.ready(reference)
     base = reference or learner          # student pack: the learner's own code is the baseline
@@ -247,21 +201,21 @@ def _measure(m):
     for side, (job, kind) in sides.items():   # warm-up, and one step recorded inside rank 0 for the picture
         done = m.run(job, "scratch.overlap_steps", [{"kind": kind, "steps": 2, "record": True}] * ws, group="harness")
         records[side] = done.outcomes[0].result.get("record")
-    order = list(sides)
-    times = {side: [] for side in order}
-    sent = {side: [] for side in order}   # loopback bytes per step, read from outside (the job's own namespace)
-    for rotation in measured.rotations(rounds, len(order)):
-        for i in rotation:
-            job, kind = sides[order[i]]
-            before = job.loopback_bytes()
-            done = m.run(job, "scratch.overlap_steps", [{"kind": kind, "steps": steps}] * ws, group="harness")
-            after = job.loopback_bytes()
-            times[order[i]].append(done.seconds / steps)
-            if before is not None and after is not None:
-                sent[order[i]].append((after - before) / steps)
+    sent = {side: [] for side in sides}   # loopback bytes per step, read from outside (the job's own namespace)
+
+    def run(side: str, _round: int) -> float:
+        job, kind = sides[side]
+        before = job.loopback_bytes()
+        done = m.run(job, "scratch.overlap_steps", [{"kind": kind, "steps": steps}] * ws, group="harness")
+        after = job.loopback_bytes()
+        if before is not None and after is not None:
+            sent[side].append((after - before) / steps)
+        return done.seconds / steps
+
+    times, _ = rounds.timed_rounds(list(sides), run, rounds=n_rounds)
     m.require_idle_learner()   # background work while the reference's sides ran would slow them
     t = m.trial.thresholds
-    decision = decide(times, min_gain=t.min_gain, share=t.overlap_share)
+    decision = rounds.overlap_figure(times, min_gain=t.min_gain, share=t.overlap_share)
     sp, ms = decision["speedups"], {side: statistics.median(v) for side, v in times.items()}
     shown = ("naive", "reference", "yours") if reference else ("naive", "no overlap", "yours")
     details = {"overlap": {
@@ -276,7 +230,7 @@ def _measure(m):
     figures = (f"bucketed {1000 * ms['yours']:.0f} ms per step vs naive {1000 * ms['naive']:.0f} ms: {sp['yours']:.2f}x"
                + (f"; the reference {sp['reference']:.2f}x" if reference else "")
                + f", its buckets launched after backward {sp['no overlap']:.2f}x; pass line "
-               f"{decision['threshold']:.2f}x ({setting['network']}, median of {rounds} rounds)")
+               f"{decision['threshold']:.2f}x ({setting['network']}, median of {n_rounds} rounds)")
     if decision["decision"] == "pass":
         return f"{summary}; overlap measured: {figures}", details
     if decision["decision"] == "inconclusive":
@@ -326,13 +280,6 @@ def _explain(error: dict) -> str | None:
     return None
 
 
-@dataclass(frozen=True)
-class OverlapThresholds:
-    min_gain: float                      # the reference's gain from overlap must reach this, or no verdict
-    overlap_share: float                 # pass line: no overlap + this share of the reference's gain
-    loopback_mbit: float | None = None   # the shaped link (gloo); NCCL does not use the loopback
-
-
 CHECK = Check(id="scratch.bucketed", functions=("BucketedDDP",), inputs=_inputs, expected=_dp.expected, judge=_judge,
               measure=_measure, measures_speed=True, explain=_explain, defaults={"steps": 3},
-              unmeasured={"speed": False}, by_hand=True, thresholds=OverlapThresholds)
+              unmeasured={"speed": False}, by_hand=True, thresholds=rounds.OverlapThresholds)
