@@ -27,35 +27,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import REPO_ROOT
+from .controls import TABLE, mistakes
 from .launch import stop_tree
 
 TOTAL_BUDGET = 8 * 60        # seconds for the whole proof on a GPU host
-CONTROLS = REPO_ROOT / "tests" / "controls"   # the mistakes (gpuproof_steps.py runs them)
-
-# Typical mistakes per assignment: (exercise, mistake, words its hint must contain). A mistake is a control file
-# under tests/controls, or an edit (old text, new text) of the source notebook's solution file for that exercise.
-MISTAKES: dict[str, list[tuple[str, str | tuple[str, str], str]]] = {
-    "02_torchrun": [("torchrun.mean", "torchrun/sum_not_mean.py", "divide by the world size"),
-                    ("torchrun.env", "torchrun/local_rank_as_rank.py", "LOCAL_RANK")],
-    "03_concepts": [("concepts.bubble", "concepts/bubble_over_m.py", "idle time with the busy time")],
-    "04_ddp": [("ddp.init", "ddp/always_cuda0.py", "LOCAL_RANK"),
-               ("ddp.data", "ddp/no_sampler.py", "every rank repeats the whole epoch")],
-    "05_pipeline": [("pipeline.schedule", ("loss_fn=loss_fn)", "loss_fn=loss_fn, scale_grads=False)"),
-                     "sum over microbatches"),
-                    ("pipeline.checkpoint", ("dcp.save(stage.submod.state_dict(),",
-                                             "dcp.save(dict(stage.submod.named_parameters()),"), "running statistics")],
-    "06_fsdp": [("fsdp.wrap", "fsdp/only_root.py", "only the root is an FSDP unit"),
-                ("fsdp.checkpoint", "fsdp/every_rank_writes.py", "every rank writes")],
-    "07_from_scratch": [("scratch.naive", "scratch/naive_summed.py", "summed, not averaged"),
-                        ("scratch.zero1", "scratch/zero1_whole_optimizer.py", "each rank stepped the whole model")],
-    "09_efficiency": [("efficiency.accumulate", "efficiency/accumulate_not_divided.py",
-                       "Divide each micro-batch's loss"),
-                      ("efficiency.autocast", "efficiency/autocast_scaler_step_bypassed.py", "scaler.step(optimizer)"),
-                      ("efficiency.checkpointing", "efficiency/checkpointing_nothing.py", "too little) is checkpointed"),
-                      ("efficiency.fsdp_mixed", "efficiency/fsdp_mixed_bf16_reduce.py", "fp32 reduce_dtype"),
-                      ("efficiency.resume", "efficiency/resume_no_optimizer.py", "restarted with no state")],
-}
+# Typical mistakes: the rows of tests/controls/mistakes.toml marked gpu_proof (autograder/controls.py), at most two
+# per assignment (one with --quick), each a step that must fail its check with the row's words.
 
 # Assignments whose checks run at 1 rank too:
 ONE_RANK = ("02_torchrun", "04_ddp", "06_fsdp", "07_from_scratch", "09_efficiency")
@@ -88,13 +65,6 @@ def solution_folder(assignment: str, into: Path) -> Path:
     return write_notebook_files("source", assignment, into / "solutions" / assignment)
 
 
-def _solution_text(assignment: str, exercise: str) -> str:
-    from .cells import notebook_files
-    from .course import load_course
-
-    return (notebook_files("source", assignment) or {}).get(load_course().exercise(exercise).module, "")
-
-
 def plan(gpus: int, *, profile: str = "gpu", quick: bool = False) -> list[Step]:
     """Every step of the proof for a host with `gpus` GPUs (the cpu profile: a CPU-only rehearsal)."""
     from . import checks
@@ -113,6 +83,7 @@ def plan(gpus: int, *, profile: str = "gpu", quick: bool = False) -> list[Step]:
     else:
         sizes = [2]
     graded = [a for a in course.assignments if a.graded]
+    proven = [m for m in mistakes() if m.gpu_proof]
     if quick:
         graded = graded[:1]
     for a in graded:
@@ -124,10 +95,9 @@ def plan(gpus: int, *, profile: str = "gpu", quick: bool = False) -> list[Step]:
             if plain:
                 steps.append(Step(f"{a.id}: solution checks at {ws} rank(s)", "check", where, 90,
                                   {"assignment": a.id, "exercises": plain, "world_size": ws}))
-        for exercise, mistake, words in MISTAKES.get(a.id, [])[: 1 if quick else 2]:
-            label = Path(mistake).stem if isinstance(mistake, str) else f"solution edited ({words})"
-            steps.append(Step(f"{a.id}: mistake {label} in {exercise}", "mistake", multi, 60,
-                              {"assignment": a.id, "exercise": exercise, "mistake": mistake, "words": words}))
+        for mistake in [m for m in proven if m.assignment == a.id][: 1 if quick else 2]:
+            steps.append(Step(f"{a.id}: mistake {mistake.id}", "mistake", multi, 60,
+                              {"assignment": a.id, "exercise": mistake.exercise, "mistake": mistake.id}))
         if not quick:
             for e in a.exercises:
                 if checks.get(e.id).measure is not None:
@@ -150,14 +120,14 @@ def check_plan(steps: list[Step], gpus: int) -> list[str]:
     missing = [e.id for e in course.exercises if e.id not in covered | measured]
     if missing:
         problems.append(f"exercises never checked: {', '.join(missing)}")
+    table = {m.id: m for m in mistakes()}
     for s in steps:
         if s.kind != "mistake":
             continue
-        mistake = s.args["mistake"]
-        if isinstance(mistake, str) and not (CONTROLS / mistake).is_file():
-            problems.append(f"{s.name}: no control file {mistake}")
-        elif not isinstance(mistake, str) and mistake[0] not in _solution_text(s.args["assignment"], s.args["exercise"]):
-            problems.append(f"{s.name}: the solution has no {mistake[0]!r} to edit")
+        row = table.get(s.args["mistake"])
+        problem = f"no row {s.args['mistake']!r} in {TABLE.name}" if row is None else row.problem()
+        if problem:
+            problems.append(f"{s.name}: {problem}")
     if gpus == 1 and any(s.kind in ("check", "mistake", "measure") and s.profile == "gpu" and
                          s.args.get("world_size", 2) > 1 for s in steps):
         problems.append("with one GPU, a multi-rank step is planned on the gpu profile")

@@ -12,7 +12,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from .gpuproof import CONTROLS, Outcome, Step, solution_folder
+from .gpuproof import Outcome, Step, solution_folder
 
 
 def _environment(step: Step, out: Path) -> Outcome:
@@ -74,21 +74,15 @@ def _checks(step: Step, out: Path) -> Outcome:
 
 
 def _mistake(step: Step, out: Path) -> Outcome:
-    from .course import load_course
+    from .controls import mistakes
     from .harness import run_check
 
-    mistake = step.args["mistake"]
-    if isinstance(mistake, str):
-        module = CONTROLS / mistake
-    else:   # the solution with one edit, in a folder of its own (next to the solution's other files)
-        folder = solution_folder(step.args["assignment"], out / "mistakes" / f"{abs(hash(step.name)):x}")
-        module = folder / load_course().exercise(step.args["exercise"]).module
-        module.write_text(module.read_text().replace(mistake[0], mistake[1], 1))
-    v = run_check(step.args["exercise"], module=module, profile=step.profile)
-    named = step.args["words"] in v.message + " " + v.hint
-    ok = not v.passed and named
-    return Outcome(step.name, step.kind, step.profile, "passed" if ok else "failed",
-                   message="" if ok else f"expected a fail naming {step.args['words']!r}; got: {v.headline[:200]}",
+    mistake = next(m for m in mistakes() if m.id == step.args["mistake"])
+    module = mistake.module(out / "mistakes" / f"{abs(hash(step.name)):x}")   # an edited solution: a folder of its own
+    v = run_check(mistake.exercise, module=module, **{**mistake.overrides, "profile": step.profile})
+    missed = mistake.missed(v)
+    return Outcome(step.name, step.kind, step.profile, "failed" if missed else "passed",
+                   message=f"expected a fail naming {mistake.words}: {missed}; got: {v.headline[:200]}" if missed else "",
                    log=v.to_text(verbose=True))
 
 

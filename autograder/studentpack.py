@@ -20,7 +20,7 @@ from .config import REPO_ROOT, course_root
 from .course import load_course, require_checks
 
 # The instructor's side of the package: grading, releasing, benchmarking, making this pack.
-INSTRUCTOR_ONLY = {"bench.py", "feedback.py", "gpuproof.py", "gpuproof_steps.py", "gradejob.py", "gradepool.py",
+INSTRUCTOR_ONLY = {"bench.py", "controls.py", "feedback.py", "gpuproof.py", "gpuproof_steps.py", "gradejob.py", "gradepool.py",
                    "grading.py", "guard.py", "install.py", "nbglue.py", "nbrun.py", "records.py", "reverify.py",
                    "slurmtask.py", "studentpack.py", "submissions.py"}
 PACK_FILES = REPO_ROOT / "pack"   # README, Makefile, Dockerfile and .gitignore written for students

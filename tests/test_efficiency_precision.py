@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from autograder import run_check
-from conftest import control, require_sandbox, solution, stub
+from conftest import require_sandbox, solution, stub
 
 
 def _parts():
@@ -35,38 +35,14 @@ def test_reference_accumulates_with_one_all_reduce(graded_assignment, overrides)
         assert 1.0 <= sent / one < 1.1, v.details   # measured 1.03 (2 ranks), 1.04 (3): headers, gloo's messages
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name,words", [
-    ("accumulate_no_sync_forgotten", ["all-reduced more than once", "no_sync"]),
-    ("accumulate_not_divided", ["3.00x", "Divide each micro-batch's loss by k"]),
-    ("accumulate_no_sync_everywhere", ["never all-reduced", "outside no_sync"]),
-    ("accumulate_step_every_micro_batch", ["stepped 3 times", "optimizer.step()"]),
-])
-def test_accumulate_mistakes_are_named(name, words):
-    if name == "accumulate_no_sync_forgotten":
-        require_sandbox()   # judged on bytes only
-    v = run_check("efficiency.accumulate", module=control("efficiency", name), k=3)
-    assert not v.passed
-    text = v.message + " " + v.hint
-    assert all(w in text for w in words), v.to_text()
-
-
 # ---------------------------------------------------------------- autocast
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,words", [
-    (None, ["fp16 overflow skipped, scale halved", "bf16 without a scaler", "parameters stay fp32"]),
-    ("autocast_no_autocast", ["those of an fp32 step", "torch.autocast"]),
-    ("autocast_params_half", ["parameters", "fp32"]),
-    ("autocast_scaler_step_bypassed", ["applied although the scaled gradients overflowed", "scaler.step(optimizer)"]),
-    ("autocast_no_update", ["scale after", "scaler.update()"]),
-])
-def test_autocast_reference_passes_and_mistakes_are_named(name, words):
-    module = _parts() if name is None else control("efficiency", name)
-    v = run_check("efficiency.autocast", module=module, world_size=3)   # a local check: world_size is ignored
-    assert v.passed == (name is None), v.to_text()
-    text = v.message + " " + v.hint
-    assert all(w in text for w in words), v.to_text()
+def test_autocast_reference_passes():
+    v = run_check("efficiency.autocast", module=_parts(), world_size=3)   # a local check: world_size is ignored
+    assert v.passed, v.to_text()
+    assert all(w in v.message for w in ["fp16 overflow skipped, scale halved", "bf16 without a scaler",
+                                        "parameters stay fp32"]), v.to_text()
 
 
 # ---------------------------------------------------------------- fsdp_mixed
@@ -80,22 +56,6 @@ def test_reference_shards_with_bf16_compute_and_fp32_reduction(graded_assignment
         sent = v.details["bytes"]
         assert 0.95 <= sent["yours"] / sent["reference"] <= 1.05, sent   # the same sharding: the same messages
         assert sent["yours"] / sent["fp32"] < 0.85, sent   # measured 0.77: all-gathers in bf16, reductions in fp32
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name,world_size,words", [
-    ("fsdp_mixed_no_policy", 2, ["match fp32 training without a policy", "MixedPrecisionPolicy"]),
-    ("fsdp_mixed_bf16_reduce", 3, ["reduced in bf16", "fp32 reduce_dtype"]),
-    ("fsdp_mixed_root_only", 2, ["right weights", "only the root was sharded", "Shard each block"]),
-    ("fsdp_mixed_cast_model", 2, ["cast to bf16", "Do not cast the model"]),
-])
-def test_fsdp_mixed_mistakes_are_named(name, world_size, words):
-    if name == "fsdp_mixed_root_only":
-        require_sandbox()   # judged on bytes only
-    v = run_check("efficiency.fsdp_mixed", module=control("efficiency", name), world_size=world_size)
-    assert not v.passed
-    text = v.message + " " + v.hint
-    assert all(w in text for w in words), v.to_text()
 
 
 # ---------------------------------------------------------------- the blank stub, the bytes measurement

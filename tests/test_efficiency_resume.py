@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from autograder import run_check
-from conftest import control, stub
+from conftest import stub
 
 
 @pytest.mark.slow
@@ -23,18 +23,9 @@ def test_reference_resumes_at_another_world_size(graded_assignment, overrides):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,words", [
-    ("resume_full_on_rank0", ["gathered", "every rank"]),
-    ("resume_no_optimizer", ["restarted with no state", "optimizer's state dict"]),
-    ("resume_step_not_restored", ["returned 0", "Save the step"]),
-    (None, ["NotImplementedError"]),
-])
-def test_resume_mistakes_are_named(name, words):
-    module = stub("09_efficiency", "efficiency_parts.py") if name is None else control("efficiency", name)
-    v = run_check("efficiency.resume", module=module)
-    assert not v.passed
-    text = v.message + " " + v.hint
-    assert all(w in text for w in words), v.to_text()
+def test_blank_stub_is_not_implemented():
+    v = run_check("efficiency.resume", module=stub("09_efficiency", "efficiency_parts.py"))
+    assert not v.passed and "NotImplementedError" in v.message + " " + v.hint, v.to_text()
 
 
 @pytest.mark.parametrize("found,words", [

@@ -97,22 +97,6 @@ def test_blank_script_fails_on_its_stub():
     assert "YOUR CODE HERE" in v.hint
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("exercise, mistake, overrides, words", [
-    ("fsdp.wrap", "only_root", {}, "only the root is an FSDP unit"),
-    ("fsdp.wrap", "blocks_not_root", {}, "the root (the model itself) is not"),
-    ("fsdp.wrap", "ddp_instead", {}, "DistributedDataParallel"),
-    ("fsdp.wrap", "applied_twice", {}, "applied fully_shard twice to model.head"),
-    ("fsdp.wrap", "kwargs_root_only", {"reshard_after_forward": False}, "Pass **fsdp_kwargs on to every"),
-    ("fsdp.checkpoint", "sharded_checkpoint", {}, "sharded-only checkpoint"),
-    ("fsdp.checkpoint", "every_rank_writes", {}, "every rank writes"),
-])
-def test_mistake_is_rejected_with_a_hint_that_names_it(exercise, mistake, overrides, words):
-    v = run_check(exercise, module=control("fsdp", mistake), **overrides)
-    assert not v.passed and v.status == "fail", v.to_text()
-    assert words in v.message + " " + v.hint, v.to_text()
-
-
 def _ddp_script(text: str) -> str:
     """DDP instead of FSDP: every rank holds the full model state (TestForgeries pads it, too)."""
     return text.replace(SHARD, "        model = torch.nn.parallel.DistributedDataParallel(model)\n")

@@ -30,12 +30,23 @@ def test_the_bookkeeping_sees_what_the_plan_leaves_out():
     assert any("ddp.init" in p for p in gpuproof.check_plan(without_ddp, 2))
     no_notebook = [s for s in steps if not (s.kind == "notebook" and s.args["assignment"] == "05_pipeline")]
     assert any("05_pipeline" in p for p in gpuproof.check_plan(no_notebook, 2))
-    bad_edit = steps + [gpuproof.Step("bad", "mistake", "gpu", 1, {"assignment": "05_pipeline",
-                        "exercise": "pipeline.step", "mistake": ["no such line", "x"], "words": "x"})]
-    assert any("no 'no such line' to edit" in p for p in gpuproof.check_plan(bad_edit, 2))
+    unknown = steps + [gpuproof.Step("bad", "mistake", "gpu", 1, {"assignment": "05_pipeline",
+                       "exercise": "pipeline.step", "mistake": "pipeline.step-no_such_row"})]
+    assert any("no row 'pipeline.step-no_such_row'" in p for p in gpuproof.check_plan(unknown, 2))
     one_gpu = steps + [gpuproof.Step("x", "check", "gpu", 1, {"assignment": "04_ddp", "exercises": ["ddp.init"],
                                                               "world_size": 2})]
     assert any("one GPU" in p for p in gpuproof.check_plan(one_gpu, 1))
+
+
+def test_a_row_the_solution_cannot_take_is_reported(monkeypatch):
+    from autograder import controls
+
+    stale = controls.Mistake(exercise="pipeline.step", name="stale", words=["x"],
+                             edits={"pipeline_parts.py": [["no such line", "x"]]}, gpu_proof=True)
+    monkeypatch.setattr(gpuproof, "mistakes", lambda: [*controls.mistakes(), stale])
+    steps = gpuproof.plan(2, profile="gpu") + [gpuproof.Step("stale", "mistake", "gpu", 1, {
+        "assignment": "05_pipeline", "exercise": "pipeline.step", "mistake": stale.id})]
+    assert any("pipeline_parts.py has no 'no such line' to edit" in p for p in gpuproof.check_plan(steps, 2))
 
 
 def test_a_dry_run_writes_the_plan_and_runs_nothing(tmp_path, capsys):
