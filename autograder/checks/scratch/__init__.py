@@ -20,8 +20,9 @@ RTOL, ATOL = 1e-4, 1e-6
 
 # ------------------------------------------------------------------ secret models and data
 
-def mlp_spec(sizes: list[int], *, buffer: bool = False, unused: bool = False) -> dict:
-    return {"sizes": [int(s) for s in sizes], "buffer": buffer, "unused": unused}
+def mlp_spec(sizes: list[int], *, buffer: bool = False, unused: bool = False, float64: bool = False) -> dict:
+    spec = {"sizes": [int(s) for s in sizes], "buffer": buffer, "unused": unused}
+    return {**spec, "dtype": "float64"} if float64 else spec
 
 
 def secret_state(trial, spec: dict, salt: int) -> dict:
@@ -42,12 +43,13 @@ def secret_state(trial, spec: dict, salt: int) -> dict:
     return state_of(model)
 
 
-def secret_batches(trial, salt: int, steps: int, rows: int, d_in: int, d_out: int) -> list:
+def secret_batches(trial, salt: int, steps: int, rows: int, d_in: int, d_out: int, *, float64: bool = False) -> list:
     """[[x, y], ...]: `steps` regression batches of `rows` rows from the secret."""
     import torch
 
-    g = trial.generator(salt)
-    return [[torch.randn(rows, d_in, generator=g), torch.randn(rows, d_out, generator=g)] for _ in range(steps)]
+    g, dtype = trial.generator(salt), torch.float64 if float64 else torch.float32
+    return [[torch.randn(rows, d_in, generator=g, dtype=dtype), torch.randn(rows, d_out, generator=g, dtype=dtype)]
+            for _ in range(steps)]
 
 
 def param_sizes(spec: dict) -> list[tuple[str, int]]:

@@ -22,7 +22,7 @@ def _mean(per_rank: list[dict]) -> dict:
 
     out = {}
     for name, first in per_rank[0].items():
-        out[name] = None if first is None else torch.stack([g[name].double() for g in per_rank]).mean(0).float()
+        out[name] = None if first is None else torch.stack([g[name].double() for g in per_rank]).mean(0).to(first.dtype)
     return out
 
 

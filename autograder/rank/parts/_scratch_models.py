@@ -6,7 +6,8 @@ import time
 
 
 def build_net(spec: dict):
-    """A small MLP with uneven layers: {"sizes": [in, h, ..., out], "buffer": bool, "unused": bool, "state"?}.
+    """A small MLP with uneven layers: {"sizes": [in, h, ..., out], "buffer": bool, "unused": bool, "dtype"?,
+    "state"?} ("dtype": "float64" for a model in double precision).
 
     "buffer": a constant input shift registered as a buffer (used in forward, never trained);
     "unused": a small layer `side`, registered between the first layer and the rest, that forward
@@ -34,6 +35,8 @@ def build_net(spec: dict):
             return x
 
     model = ScratchNet([int(s) for s in spec["sizes"]], bool(spec.get("buffer")), bool(spec.get("unused")))
+    if spec.get("dtype") == "float64":
+        model = model.double()
     if spec.get("state") is not None:
         model.load_state_dict(spec["state"], strict=True)
     return model
