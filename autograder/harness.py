@@ -49,7 +49,7 @@ def run_check(exercise_id: str, *, module: str | Path | None = None, world_size:
     base = dict(exercise=exercise_id, profile=prof.name, world_size=0 if check.local else ws,
                 max_points=exercise.points, hidden=hidden)
 
-    problem = preflight(path, check.functions, check.by_hand)
+    problem = preflight(path, check.functions, check.by_hand, check.avoid)
     if problem:
         status, message, hint = problem
         return Verdict(passed=False, status=status, message=message, hint=hint, **base)
@@ -96,7 +96,7 @@ def _companions(course, exercise, check: Check, path: Path, settings: tuple, cac
     for e in course.assignment(exercise.assignment).exercises:
         c = checks.get(e.id)
         if (e.id == exercise.id or e.module != exercise.module or c.measure is not None or c.local != check.local
-                or preflight(path, c.functions, c.by_hand)):
+                or preflight(path, c.functions, c.by_hand, c.avoid)):
             continue
         if c.group != "harness" and check.group == "harness":
             continue  # it must run before any process group exists

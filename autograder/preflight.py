@@ -33,8 +33,12 @@ def _is_stub(fn: ast.FunctionDef) -> bool:
             and "NotImplementedError" in ast.unparse(body[0].exc))
 
 
-def preflight(path: Path, functions: tuple[str, ...], by_hand: bool = False) -> tuple[str, str, str] | None:
-    """Read the learner's file without running it: (status, message, hint) when it cannot pass yet."""
+def preflight(path: Path, functions: tuple[str, ...], by_hand: bool = False,
+              avoid: dict[str, tuple[str, str]] | None = None) -> tuple[str, str, str] | None:
+    """Read the learner's file without running it: (status, message, hint) when it cannot pass yet.
+
+    `avoid`: dotted API -> (why, hint), operations an exercise built by hand may not use although they give the
+    same results, where what they send cannot be told from outside (scratch.zero2's all-reduce under gloo)."""
     if not path.is_file():
         return ("error", f"{path.name} does not exist yet in {path.parent}",
                 "Run the %%writefile cell that creates it (or pass --module with its path).")
@@ -62,6 +66,10 @@ def preflight(path: Path, functions: tuple[str, ...], by_hand: bool = False) -> 
                 f"Write {name} with the process group's own operations (dist.all_reduce, broadcast, send/recv, "
                 "reduce_scatter/all_gather) as the notebook describes; keep the library's class for comparing "
                 "with yours outside this file.")
+    if avoid and (found := delegation(tree, functions, {api: api for api in avoid})):
+        name, api, line = found
+        why, hint = avoid[api]
+        return ("fail", f"{name} calls {api} ({path.name} line {line}): {why}", hint)
     return None
 
 
@@ -95,8 +103,8 @@ def _dotted(node: ast.AST, bound: dict[str, str]) -> str | None:
     return None
 
 
-def _library(path: str) -> str | None:
-    for prefix, api in LIBRARY.items():
+def _library(path: str, library: dict[str, str]) -> str | None:
+    for prefix, api in library.items():
         if path == prefix or path.startswith(prefix + "."):
             return api
     return None
@@ -110,9 +118,11 @@ def _at_import(tree: ast.Module) -> list[ast.stmt]:
                                                       ast.Import, ast.ImportFrom)) and not main_block(s)]
 
 
-def delegation(tree: ast.Module, functions: tuple[str, ...]) -> tuple[str, str, int] | None:
-    """(function, library API, line) of the first library implementation that `functions` (or a helper of the file
-    they use, or code run at import) reach; None when they reach none."""
+def delegation(tree: ast.Module, functions: tuple[str, ...],
+               library: dict[str, str] = LIBRARY) -> tuple[str, str, int] | None:
+    """(function, library API, line) of the first of `library` (dotted prefix -> API name; default: the library's
+    implementations of the mechanisms) that `functions` (or a helper of the file they use, or code run at import)
+    reach; None when they reach none."""
     bound = _imports(tree.body)
     defined = {n.name: n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
     for name in functions:
@@ -135,6 +145,6 @@ def delegation(tree: ast.Module, functions: tuple[str, ...]) -> tuple[str, str, 
                 else:
                     continue
                 for p in paths:
-                    if api := _library(p):
+                    if api := _library(p, library):
                         return name, api, node.lineno
     return None

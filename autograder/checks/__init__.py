@@ -103,6 +103,7 @@ class Check:
     measures_speed: bool = False                       # needs the machine alone (no shared launch)
     unmeasured: dict[str, Any] = field(default_factory=dict)   # overrides for correctness only (smoke configuration)
     by_hand: bool = False     # the notebook asks for the mechanism built by hand: delegating to the library fails
+    avoid: dict[str, tuple[str, str]] = field(default_factory=dict)   # dotted API -> (why, hint): read, not run
     thresholds: type | None = None   # a frozen dataclass of its pass lines, filled from course.yaml per profile
 
     def __post_init__(self):

@@ -3,7 +3,8 @@ checked for its type (and tensors for the names asked) before a judge uses it; a
 says that something in the learner's files changed the course's reply."""
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, Callable
 
 from ..verdict import CheckFailed
 
@@ -36,3 +37,18 @@ def tensors(outcome, key: str, names) -> dict:
         raise CheckFailed(f"rank {outcome.rank}: {key} does not list the model's parameters (got "
                           f"{sorted(value)[:3]}...)", TAMPERED_HINT)
     return value
+
+
+def reads_rank_results(judge: Callable) -> Callable:
+    """For a judge of what the ranks sent: a result it cannot read (a missing key, a wrong type: the rank part was
+    replaced or the reply forged) fails the learner's check instead of breaking the harness."""
+    @functools.wraps(judge)
+    def judging(*args, **kwargs):
+        try:
+            return judge(*args, **kwargs)
+        except (KeyError, TypeError, IndexError, AttributeError, ValueError, RuntimeError) as exc:
+            raise CheckFailed(f"the ranks sent results the check cannot read ({type(exc).__name__}: {exc})"[:300],
+                              "Something in your files changed what the ranks send back (the course's code in "
+                              "autograder.rank): leave it alone and let the check call your functions.") from exc
+    return judging
+

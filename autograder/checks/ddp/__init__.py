@@ -7,29 +7,12 @@ plain containers: the learner's process made those bytes.
 """
 from __future__ import annotations
 
-import functools
-from typing import Callable
-
-from ...verdict import CheckFailed
 from .. import one_thread, secret_statistics  # noqa: F401 (one_thread: the assignment's checks import it from here)
+from ..replies import reads_rank_results  # noqa: F401 (the assignment's checks import it from here)
 from ..saved import is_state_dict, load_saved  # noqa: F401 (the assignment's checks import them from here)
 
 # A small EuroSATNet: the exercises test the wrapping, not the model, and tiny tensors keep the checks fast.
 SMALL = {"kind": "eurosat", "width": 4, "blocks": 2}
-
-
-def reads_rank_results(judge: Callable) -> Callable:
-    """For a judge of what the ranks sent: a result it cannot read (a missing key, a wrong type: the rank part was
-    replaced or the reply forged) fails the learner's check instead of breaking the harness."""
-    @functools.wraps(judge)
-    def judging(*args, **kwargs):
-        try:
-            return judge(*args, **kwargs)
-        except (KeyError, TypeError, IndexError, AttributeError, ValueError, RuntimeError) as exc:
-            raise CheckFailed(f"the ranks sent results the check cannot read ({type(exc).__name__}: {exc})"[:300],
-                              "Something in your files changed what the ranks send back (the course's code in "
-                              "autograder.rank): leave it alone and let the check call your functions.") from exc
-    return judging
 
 
 def expected_devices(trial) -> list[str]:
