@@ -174,12 +174,12 @@ def bench_scratch(b: Bench) -> None:
             _line(f"ZeRO-1 Adam state per rank, {ws} ranks",
                   " / ".join(f"{x / 1024:.1f}" for x in mine) + f" KiB vs plain Adam {plain / 1024:.1f} KiB "
                   f"(largest shard {max(mine) / plain:.2f}x; ideal {1 / ws:.2f}x)")
-    _each_check_alone(b, parts, ("scratch.naive", "scratch.zero1", "scratch.gpipe"))
+    _each_check_alone(b, parts, ("scratch.naive", "scratch.zero1", "scratch.zero2", "scratch.gpipe"))
     start = time.perf_counter()
     cache = VerdictCache()
     verdicts = [run_check(e, module=parts, world_size=2, profile="cpu", cache=cache)
-                for e in ("scratch.naive", "scratch.zero1", "scratch.gpipe")]
-    _cost(b, "naive, zero1 and gpipe checks in one launch", time.perf_counter() - start, all(x.passed for x in verdicts))
+                for e in ("scratch.naive", "scratch.zero1", "scratch.zero2", "scratch.gpipe")]
+    _cost(b, "naive, zero1, zero2 and gpipe checks in one launch", time.perf_counter() - start, all(x.passed for x in verdicts))
 
 
 def _grade_copies(b: Bench, assignment: str, copies: int, *, jobs: int, shortcuts: bool) -> tuple[float, list]:

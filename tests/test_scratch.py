@@ -15,7 +15,7 @@ from autograder import run_check
 from autograder.harness import VerdictCache
 from conftest import control, require_sandbox, solution, stub
 
-SHARED = ("scratch.naive", "scratch.zero1", "scratch.gpipe")
+SHARED = ("scratch.naive", "scratch.zero1", "scratch.zero2", "scratch.gpipe")
 EXERCISES = SHARED + ("scratch.bucketed",)
 
 
@@ -59,6 +59,7 @@ def test_blank_stub_is_not_implemented(exercise):
 @pytest.mark.parametrize("exercise, control_name, api", [
     ("scratch.bucketed", "bucketed_wraps_ddp", "DistributedDataParallel"),
     ("scratch.zero1", "zero1_wraps_zero_redundancy", "ZeroRedundancyOptimizer"),
+    ("scratch.zero2", "zero2_wraps_zero_redundancy", "ZeroRedundancyOptimizer"),
     ("scratch.gpipe", "gpipe_uses_pipelining", "torch.distributed.pipelining"),
 ])
 def test_handing_the_mechanism_to_the_library_fails_before_anything_runs(exercise, control_name, api):

@@ -115,3 +115,18 @@ def mismatched(got: dict, want: dict, rtol: float = RTOL, atol: float = ATOL) ->
 def fmt_names(names: list[str], limit: int = 4) -> str:
     shown = ", ".join(names[:limit])
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def wire(run, gradient_numel: int, element_size: int = 8) -> tuple[float | None, str]:
+    """(bytes the job sent during the task / ring all-reduces of `gradient_numel` elements, the figure in words);
+    (None, why) where the bytes are not measured: one rank, NCCL (GPU traffic does not cross the loopback), or no
+    sandbox (the host's loopback carries every process's traffic)."""
+    ws, sent = run.world_size, run.sent_bytes
+    if ws < 2:
+        return None, "bytes not measured: one rank has nothing to send"
+    if sent is None:
+        return None, ("bytes NOT MEASURED here (NCCL traffic does not cross the loopback; without the sandbox the "
+                      "loopback is the host's)")
+    syncs = sent / (2 * (ws - 1) * element_size * gradient_numel)
+    return syncs, f"{sent / 2**10:,.0f} KiB on the loopback, {syncs:.2f}x one all-reduce of the gradients per step"
+

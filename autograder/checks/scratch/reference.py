@@ -26,9 +26,11 @@ def _mean(per_rank: list[dict]) -> dict:
     return out
 
 
-def train_data_parallel(spec: dict, state: dict, batches: list[list], lr: float, optimizer: tuple | None = None) -> dict:
+def train_data_parallel(spec: dict, state: dict, batches: list[list], lr: float, optimizer: tuple | None = None,
+                        grad_scale: float = 1.0) -> dict:
     """batches[r][s] = rank r's (x, y) at step s. Returns per step the mean gradients and each rank's own
-    gradients (for hints), and the final state (parameters and buffers)."""
+    gradients (for hints), and the final state (parameters and buffers). `grad_scale`: the optimizer steps on the
+    mean times this (a mistake's what-if: N for gradients summed instead of averaged)."""
     import torch
     import torch.nn.functional as F
 
@@ -53,7 +55,7 @@ def train_data_parallel(spec: dict, state: dict, batches: list[list], lr: float,
             losses.append(float(loss.detach()))
         mean = _mean(per_rank)
         for name, p in model.named_parameters():
-            p.grad = None if mean[name] is None else mean[name].clone()
+            p.grad = None if mean[name] is None else mean[name] * grad_scale
         opt.step()
         out["grads"].append(mean)
         out["local"].append(per_rank)
@@ -65,12 +67,13 @@ def train_data_parallel(spec: dict, state: dict, batches: list[list], lr: float,
     return out
 
 
-def train_optimizer(spec: dict, state: dict, batches: list[list], cls_name: str, kwargs: dict) -> dict:
+def train_optimizer(spec: dict, state: dict, batches: list[list], cls_name: str, kwargs: dict,
+                    grad_scale: float = 1.0) -> dict:
     import torch
 
     cls = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}[cls_name]
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
-    return train_data_parallel(spec, state, batches, 0.0, optimizer=(cls, kwargs))
+    return train_data_parallel(spec, state, batches, 0.0, optimizer=(cls, kwargs), grad_scale=grad_scale)
 
 
 def gpipe_gradients(stages: list[dict], inputs, labels, n_microbatches: int) -> dict:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from ...verdict import CheckFailed
 from .. import Check, Run
-from . import fmt_names, mismatched, mlp_spec, param_sizes, secret_batches, secret_state
+from . import fmt_names, mismatched, mlp_spec, param_sizes, secret_batches, secret_state, wire
 
 
 def _scenarios(trial) -> list[dict]:
@@ -48,14 +48,16 @@ def _scenarios(trial) -> list[dict]:
     return out
 
 
-def _inputs(trial) -> list:
+def optimizer_inputs(trial) -> list:
+    """Each rank's scenarios: the model (secret weights), the optimizer, and this rank's own batches."""
     described = _scenarios(trial)
     return [{"scenarios": [{"model": {**s["spec"], "state": s["state"]}, "optimizer": s["optimizer"],
                             "kwargs": s["kwargs"], "batches": s["batches"][r], "title": s["title"]}
                            for s in described]} for r in range(trial.world_size)]
 
 
-def _expected(trial, inputs) -> list:
+def optimizer_expected(trial, inputs) -> list:
+    """Per scenario: plain training in one process on the mean gradients, its state bytes, the sizes."""
     from . import reference
 
     out = []
@@ -172,8 +174,12 @@ def _judge(run: Run):
             lines.append("Adam state per rank " + ", ".join(f"{b / 1024:.1f}" for b in per_rank)
                          + " KiB = " + ", ".join(f"{b / total:.2f}x" for b in per_rank)
                          + f" of plain Adam's {total / 1024:.1f} KiB")
+    # The bytes are an account, not a judgement: the part's all-reduce of the gradients, then your broadcasts.
+    _, figures = wire(run, sum(sum(n for _, n in want["sizes"]) * len(run.inputs[0]["scenarios"][i]["batches"])
+                               for i, want in enumerate(run.expected)))
     return (f"ShardedOptimizer matched plain Adam and SGD with momentum on {ws} rank(s); the shards are disjoint, "
-            f"cover every parameter and are balanced within one parameter; " + "; ".join(lines), {"memory": memory})
+            f"cover every parameter and are balanced within one parameter; " + "; ".join(lines)
+            + f"; with the gradients' all-reduce, {figures}", {"memory": memory})
 
 
 def _explain(error: dict) -> str | None:
@@ -186,5 +192,6 @@ def _explain(error: dict) -> str | None:
     return None
 
 
-CHECK = Check(id="scratch.zero1", functions=("ShardedOptimizer",), inputs=_inputs, expected=_expected, judge=_judge,
+CHECK = Check(id="scratch.zero1", functions=("ShardedOptimizer",), inputs=optimizer_inputs,
+              expected=optimizer_expected, judge=_judge,
               explain=_explain, defaults={"steps": 3}, by_hand=True)

@@ -1,5 +1,5 @@
 """Rank parts of 07_from_scratch (scratch_parts.py): run the learner's allreduce_gradients, BucketedDDP,
-ShardedOptimizer and gpipe_step on this rank's inputs, and return what they produced.
+ShardedOptimizer, ShardedGradOptimizer and gpipe_step on this rank's inputs, and return what they produced.
 
 The models are built here from the specs the harness sent (the harness builds the same ones
 with these builders to compute the expected values). What a part records about the learner's
@@ -142,6 +142,41 @@ def zero1(ctx, learner, inputs):
             if isinstance(entry, dict):
                 state[n] = {str(k): v.detach().clone() for k, v in entry.items() if isinstance(v, torch.Tensor)}
         out.append({"owners": owners, "state": state, "final": state_of(model), "losses": losses})
+    return {"scenarios": out}
+
+
+# ------------------------------------------------------------------ scratch.zero2
+
+def zero2(ctx, learner, inputs):
+    """Each scenario: ShardedGradOptimizer(model.parameters(), cls, **kwargs), `steps` steps on this rank's own
+    gradients (not averaged: averaging them is the optimizer's work).
+
+    Returns shard_range() as plain data, the bytes of the optimizer state it holds (what .state holds, tensors
+    only) and the final weights; the bytes it sent are read by the harness, from outside.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from ..toolkit import float32, state_of
+
+    out, device = [], torch.device(ctx.device)
+    for sc in inputs["scenarios"]:
+        model = build_net(sc["model"]).to(device)
+        cls = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}[sc["optimizer"]]
+        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in sc["kwargs"].items()}
+        optimizer = learner.ShardedGradOptimizer(model.parameters(), cls, **kwargs)
+        for x, y in sc["batches"]:
+            optimizer.zero_grad()
+            with float32():
+                F.mse_loss(model(x.to(device)), y.to(device)).backward()
+            optimizer.step()
+        given = optimizer.shard_range()
+        held = getattr(optimizer, "state", {}) or {}
+        entries = held.values() if hasattr(held, "values") else []
+        state_bytes = sum(v.numel() * v.element_size() for entry in entries if isinstance(entry, dict)
+                          for v in entry.values() if isinstance(v, torch.Tensor))
+        shard = [_plain(v) for v in given] if isinstance(given, (tuple, list)) else _plain(given)
+        out.append({"range": shard, "state_bytes": int(state_bytes), "final": state_of(model)})
     return {"scenarios": out}
 
 
