@@ -49,6 +49,7 @@ from ... import rounds
 from ...config import ConfigError
 from ...verdict import CheckFailed, Inconclusive
 from .. import Check, Run
+from ..replies import reads_rank_results
 from . import _dp, bucket_plan
 
 # The measured training step, per profile. On 2 CPU cores a step of EuroSATNet (width 16, 64x64 images,
@@ -64,6 +65,7 @@ def _inputs(trial) -> list:
     return _dp.inputs(trial, "bucketed")
 
 
+@reads_rank_results
 def _judge(run: Run) -> str:
     return _dp.judge(run, "bucketed")
 

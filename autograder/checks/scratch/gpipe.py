@@ -32,6 +32,7 @@ import math
 
 from ...verdict import CheckFailed
 from .. import Check, Run
+from ..replies import reads_rank_results
 from . import close, fmt_names, ratio
 
 
@@ -144,6 +145,7 @@ def _loss(run: Run, m: int) -> None:
                       "return the mean.")
 
 
+@reads_rank_results
 def _judge(run: Run):
     from ...timeline import bubble_formula, measured_bubble
 

@@ -12,9 +12,11 @@ missing .grad, and a crash on the unused layer's None gradient are named.
 from __future__ import annotations
 
 from .. import Check, Run
+from ..replies import reads_rank_results
 from . import _dp
 
 
+@reads_rank_results
 def _judge(run: Run) -> str:
     return _dp.judge(run, "naive")
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from ...verdict import CheckFailed
 from .. import Check, Run
+from ..replies import reads_rank_results
 from . import fmt_names, mismatched, mlp_spec, param_sizes, secret_batches, secret_state, wire
 
 
@@ -158,6 +159,7 @@ def _weights(run: Run, i: int, where: str, owners: dict, want: dict, sent_state:
                           "and keep zero_grad() for every parameter (the base class does it over param_groups).")
 
 
+@reads_rank_results
 def _judge(run: Run):
     ws, memory, lines = run.world_size, None, []
     for i, want in enumerate(run.expected):
