@@ -294,3 +294,15 @@ def test_a_script_run_starts_only_once_its_store_is_up():
     assert events[0, "sum"] == events[1, "sum"] == 2.0
     # rank 0 enters 0.5 s late; rank 1 may start the moment the store listens, a little before rank 0 logs it
     assert events[1, "started"] >= events[0, "started"] - 0.1, "rank 1 started its run before rank 0 hosted the store"
+
+
+def test_a_rank_whose_rank_0_has_gone_does_not_wait_for_the_store():
+    """A script that fails at once (a blank stub) ends rank 0's run, and its store, before another rank arrives:
+    that rank goes on into the script after `patience`, instead of waiting out the store's timeout."""
+    from autograder.launch import free_port
+    from autograder.rank.toolkit import script_store
+
+    entered = []
+    with script_store(free_port(), rank=1, world=2, timeout=60.0, patience=0.2):
+        entered.append(True)
+    assert entered

@@ -78,14 +78,16 @@ def environment(values: dict[str, str | None]):
 
 
 @contextmanager
-def script_store(port: int, rank: int, world: int, timeout: float = 60.0):
+def script_store(port: int, rank: int, world: int, timeout: float = 60.0, patience: float = 3.0):
     """The torchrun variables for one run of a learner's script on `world` ranks, with its store already up.
 
     Rank 0 hosts a fresh TCPStore on `port` before the script starts, and every rank's init_process_group
     joins it as a client (TORCHELASTIC_USE_AGENT_STORE, as under torchrun's agent); the other ranks wait
     here, polling every millisecond, until it accepts connections. Were rank 0's init_process_group to start
     the server, a rank that reached it ~20 ms earlier would be refused and retry after a back-off of 0.3-0.6 s
-    (measured on torch 2.14): a random stall in a timed run of half a second.
+    (measured on torch 2.14): a random stall in a timed run of half a second. A rank waits at most `patience`
+    seconds: a rank 0 that has come and gone already (a script that fails at once, as a blank stub does) must
+    not hold the others for the store's whole timeout.
     """
     from datetime import timedelta
 
@@ -96,14 +98,12 @@ def script_store(port: int, rank: int, world: int, timeout: float = 60.0):
         store = TCPStore("127.0.0.1", port, world, is_master=True, wait_for_workers=False,
                          timeout=timedelta(seconds=timeout))
     else:
-        deadline = time.monotonic() + timeout
-        while True:
+        deadline = time.monotonic() + patience
+        while time.monotonic() < deadline:
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 break
             except OSError:
-                if time.monotonic() > deadline:
-                    raise
                 time.sleep(0.001)
     try:
         with environment({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
