@@ -12,12 +12,9 @@ from pathlib import Path
 import pytest
 
 from autograder import rounds, run_check
-from autograder.checks import Run, Trial, get
 from autograder.checks.ddp import train
 from autograder.harness import VerdictCache
-from autograder.outcome import RankOutcome
-from autograder.verdict import CheckFailed
-from conftest import control, solution, spinning_while_idle
+from conftest import control, judge_forged_reply, solution, spinning_while_idle
 
 PARTS = ("ddp.init", "ddp.data", "ddp.wrap", "ddp.metrics", "ddp.checkpoint")
 
@@ -232,11 +229,4 @@ def test_the_learners_own_one_rank_runs_are_the_baseline_only_without_a_referenc
 @pytest.mark.parametrize("garbage", [None, {}, "ok", {"kind": "pair", "values": None, "sum": "x", "state": []}])
 def test_results_the_judge_cannot_read_fail_the_check(exercise, garbage):
     """A forged reply in any shape is the learner's failure, never an error of the harness (nor a pass)."""
-    check = get(exercise)
-    trial = Trial.fresh(exercise=exercise, params=dict(check.defaults), world_size=2, profile="cpu", thresholds={})
-    inputs = check.inputs(trial)
-    run = Run(exercise=exercise, world_size=2, params=trial.params, thresholds={}, profile="cpu", inputs=inputs,
-              ranks=tuple(RankOutcome(rank=r, ok=True, result=garbage) for r in range(2)),
-              expected=check.expected(trial, inputs) if check.expected else None)
-    with pytest.raises(CheckFailed):
-        check.judge(run)
+    judge_forged_reply(exercise, garbage)

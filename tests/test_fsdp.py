@@ -13,12 +13,11 @@ from pathlib import Path
 import pytest
 
 from autograder import run_check
-from autograder.checks import Run, Trial, get
 from autograder.checks.fsdp import explain, train
 from autograder.harness import VerdictCache
-from autograder.outcome import RankOutcome, TaskResult
+from autograder.outcome import TaskResult
 from autograder.verdict import CheckFailed
-from conftest import control, solution, stub
+from conftest import control, judge_forged_reply, solution, stub
 
 SHARD = "        model = shard_model(model, reshard_after_forward=args.reshard_after_forward)\n"
 OPTIMIZER = "        optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)\n"
@@ -246,14 +245,7 @@ class TestForgeries:
                                                        "kind": "file", "bytes": b"not a checkpoint", "saves": []}])
 def test_results_the_judge_cannot_read_fail_the_check(exercise, garbage):
     """A forged reply in any shape is the learner's failure, never an error of the harness (nor a pass)."""
-    check = get(exercise)
-    trial = Trial.fresh(exercise=exercise, params=dict(check.defaults), world_size=2, profile="cpu", thresholds={})
-    inputs = check.inputs(trial)
-    run = Run(exercise=exercise, world_size=2, params=trial.params, thresholds={}, profile="cpu", inputs=inputs,
-              ranks=tuple(RankOutcome(rank=r, ok=True, result=garbage) for r in range(2)),
-              expected=check.expected(trial, inputs))
-    with pytest.raises(CheckFailed):
-        check.judge(run)
+    judge_forged_reply(exercise, garbage)
 
 
 def test_memory_is_measured_against_the_twins_baseline():

@@ -12,11 +12,8 @@ import os
 import pytest
 
 from autograder import run_check
-from autograder.checks import Run, Trial, get
 from autograder.harness import VerdictCache
-from autograder.outcome import RankOutcome
-from autograder.verdict import CheckFailed
-from conftest import control, require_sandbox, solution, stub
+from conftest import control, judge_forged_reply, require_sandbox, solution, stub
 
 SHARED = ("scratch.naive", "scratch.zero1", "scratch.zero2", "scratch.gpipe")
 EXERCISES = SHARED + ("scratch.bucketed",)
@@ -79,14 +76,7 @@ def test_a_correct_design_the_notebook_allows_passes(exercise, control_name, ove
                                      "range": "x", "state_bytes": "y", "state": 1, "grads": None}] * 2}])
 def test_results_the_judge_cannot_read_fail_the_check(exercise, garbage):
     """A forged reply in any shape is the learner's failure, never an error of the harness (nor a pass)."""
-    check = get(exercise)
-    trial = Trial.fresh(exercise=exercise, params=dict(check.defaults), world_size=2, profile="cpu", thresholds={})
-    inputs = check.inputs(trial)
-    run = Run(exercise=exercise, world_size=2, params=trial.params, thresholds={}, profile="cpu", inputs=inputs,
-              ranks=tuple(RankOutcome(rank=r, ok=True, result=garbage) for r in range(2)),
-              expected=check.expected(trial, inputs) if check.expected else None)
-    with pytest.raises(CheckFailed):
-        check.judge(run)
+    judge_forged_reply(exercise, garbage)
 
 
 # ------------------------------------------------------------------ built by hand, not delegated

@@ -107,6 +107,14 @@ def _plain(value):
     return repr(value)[:80]
 
 
+def _optimizer(scenario: dict) -> tuple:
+    """(optimizer_cls, kwargs) of a ZeRO scenario, as the learner's optimizer is given them (betas as a tuple)."""
+    import torch
+
+    cls = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}[scenario["optimizer"]]
+    return cls, {k: tuple(v) if isinstance(v, list) else v for k, v in scenario["kwargs"].items()}
+
+
 def zero1(ctx, learner, inputs):
     """Each scenario: ShardedOptimizer(model.parameters(), cls, **kwargs), `steps` steps on averaged gradients.
 
@@ -121,8 +129,7 @@ def zero1(ctx, learner, inputs):
     out, device = [], torch.device(ctx.device)
     for sc in inputs["scenarios"]:
         model = build_net(sc["model"]).to(device)
-        cls = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}[sc["optimizer"]]
-        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in sc["kwargs"].items()}
+        cls, kwargs = _optimizer(sc)
         optimizer = learner.ShardedOptimizer(model.parameters(), cls, **kwargs)
         losses = []
         for x, y in sc["batches"]:
@@ -162,8 +169,7 @@ def zero2(ctx, learner, inputs):
     out, device = [], torch.device(ctx.device)
     for sc in inputs["scenarios"]:
         model = build_net(sc["model"]).to(device)
-        cls = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}[sc["optimizer"]]
-        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in sc["kwargs"].items()}
+        cls, kwargs = _optimizer(sc)
         optimizer = learner.ShardedGradOptimizer(model.parameters(), cls, **kwargs)
         for x, y in sc["batches"]:
             optimizer.zero_grad()
