@@ -132,8 +132,14 @@ def _run(plan: Plan) -> list[Verdict | None]:
             failed = job.prepare(plan.limit(first), parts=sorted({c.check.rank_part for c in plan.calls}),
                                  group=not plan.local and first.check.group == "harness")
         if failed is not None:
-            verdicts[0] = failure_verdict(job, failed, first.check, plan.limit(first),
-                                          plan.base(first, seconds=round(failed.seconds, 2)))
+            # Nothing ran yet: what failed (the start-up, the module's import, the group) is every call's start-up
+            # too, so each gets the verdict now instead of a launch of its own that fails the same way (a module
+            # that loops at import cost one time-out per exercise). A time-out counts only for calls whose limit
+            # it reached.
+            for i, call in enumerate(plan.calls):
+                if call is first or not failed.timed_out or plan.limit(call) <= plan.limit(first):
+                    verdicts[i] = failure_verdict(job, failed, call.check, plan.limit(call),
+                                                  plan.base(call, seconds=round(failed.seconds, 2)))
             return verdicts
         for i, (call, (trial, inputs, expected)) in enumerate(zip(plan.calls, prepared)):
             result = job.run(call.check.rank_part, inputs, group=call.check.group, time_limit=plan.limit(call))

@@ -4,3 +4,11 @@ while True:  # never finishes importing
 
 def dist_env():
     return 0, 0, 1
+
+
+def global_mean(t):
+    return t
+
+
+def gather_all(t):
+    return [t]
