@@ -76,6 +76,29 @@ def problem() -> str | None:
     return None
 
 
+@functools.cache
+def shaping_problem() -> str | None:
+    """Why a job's loopback cannot be shaped here (None: it can): as root tc runs inside bwrap's network namespace;
+    without root it needs unprivileged user namespaces that own a network namespace (most Linux hosts; not every
+    container) and tc (iproute2)."""
+    if problem():
+        return "no sandbox: " + problem()
+    if not os.path.exists(_sbin("tc")):
+        return "tc (iproute2) is not installed"
+    if os.geteuid() == 0:
+        return None
+    probe = [shutil.which("unshare") or "unshare", "--user", "--map-root-user", "--net", "/bin/sh", "-c",
+             f"{_sbin('ip')} link set lo up && {_sbin('tc')} qdisc add dev lo root tbf rate 1mbit burst 4kb latency 10ms"]
+    try:
+        done = subprocess.run(probe, stdin=subprocess.DEVNULL, capture_output=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unshare could not start: {exc}"
+    if done.returncode != 0:
+        return ("this machine does not let an unprivileged user shape a network namespace of its own: "
+                + done.stderr.decode(errors="replace").strip()[:200])
+    return None
+
+
 def enabled() -> bool:
     """Whether jobs run sandboxed now; SandboxUnavailable when it is required and cannot be had."""
     chosen = mode()
@@ -132,8 +155,13 @@ class Sandbox:
         """bwrap ... -- inner: `readable` read-only, `writable_files` writable (they must exist), `scratch` a
         size-capped tmpfs (the only writable folder besides /tmp and /dev/shm)."""
         root = os.geteuid() == 0
+        # Without root a shaped loopback needs a network namespace of the job's own user namespace (which may shape
+        # it), made by unshare around bwrap; bwrap's user namespace inside it has no rights on it (the learner's code
+        # cannot lift the shaping).
+        outside = self._shaping_namespace() if self.shape_loopback and not root else []
         args = [shutil.which("bwrap") or "bwrap", "--die-with-parent", "--new-session", "--unshare-pid",
-                "--unshare-ipc", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try", "--hostname", "localhost"]
+                "--unshare-ipc", *([] if outside else ["--unshare-net"]), "--unshare-uts", "--unshare-cgroup-try",
+                "--hostname", "localhost"]
         if not root:
             args += ["--unshare-user", "--uid", str(os.getuid()), "--gid", str(os.getgid())]
         args += ["--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev"]
@@ -179,7 +207,15 @@ class Sandbox:
             else:
                 args.append("--")
             return args + drop + inner
-        return args + ["--"] + inner
+        return outside + args + ["--"] + inner
+
+    def _shaping_namespace(self) -> list[str]:
+        """unshare (a user namespace mapping this user to root, and a network namespace it owns), lo up and shaped,
+        then exec of the rest of the command (bwrap)."""
+        mtu = f"{_sbin('ip')} link set lo mtu {self.loopback_mtu} && " if self.loopback_mtu else ""
+        return [shutil.which("unshare") or "unshare", "--user", "--map-root-user", "--net", "/bin/sh", "-c",
+                f"{mtu}{_sbin('ip')} link set lo up && {_sbin('tc')} qdisc add dev lo root tbf {self.shape_loopback} "
+                "&& exec \"$@\"", "sandbox"]
 
     def shown(self, readable: list[Path] = ()) -> list[Path]:
         """What the sandbox shows read-only, shortest path first: the Python install, eurosat, the package's rank
@@ -241,12 +277,13 @@ def popen(cmd: list[str], *, groups: list[Path] = (), cpus: set[int] | None = No
     (`--args FD`), not its argv: bwrap is the sandbox's PID 1, and /proc/1/cmdline is readable inside; what stays
     in argv is the inner command, whose paths the sandbox shows anyway."""
     groups, pass_fds, args_fd = list(groups), list(kwargs.pop("pass_fds", ())), None
-    if Path(cmd[0]).name == "bwrap" and "--" in cmd:
-        split = cmd.index("--")
+    at = next((i for i, a in enumerate(cmd) if Path(a).name == "bwrap"), None)   # after unshare's prefix, if any
+    if at is not None and "--" in cmd[at:]:
+        split = cmd.index("--", at)
         args_fd = os.memfd_create("bwrap-args")
-        os.write(args_fd, b"".join(a.encode() + b"\0" for a in cmd[1:split]))
+        os.write(args_fd, b"".join(a.encode() + b"\0" for a in cmd[at + 1:split]))
         os.lseek(args_fd, 0, os.SEEK_SET)
-        cmd, pass_fds = [cmd[0], "--args", str(args_fd), *cmd[split:]], pass_fds + [args_fd]
+        cmd, pass_fds = [*cmd[:at + 1], "--args", str(args_fd), *cmd[split:]], pass_fds + [args_fd]
 
     def in_child():
         cgroups.join(groups)

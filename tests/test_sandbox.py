@@ -132,6 +132,34 @@ def test_a_shaped_loopback_is_a_link_that_earns_no_credit_while_quiet(run):
     assert float(out.split("seconds")[1]) >= 0.3, out    # a lower bound: a busy machine only adds time
 
 
+AS_ANOTHER_USER = """
+import subprocess, sys
+from autograder import sandbox
+box = sandbox.Sandbox(shape_loopback="rate 2mbit burst 4kb latency 400ms", loopback_mtu=1500)
+print("shaping problem:", sandbox.shaping_problem())
+cmd = box.command([sys.executable, "-I", "-c", sys.argv[1]], env={"PATH": "/usr/bin:/bin"}, chdir=None)
+proc = sandbox.popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+print(proc.communicate(timeout=60)[0])
+"""
+LIFT = "\nimport subprocess\nprint('lift', subprocess.run(['/usr/sbin/tc', 'qdisc', 'del', 'dev', 'lo', 'root']).returncode)\n"
+
+
+def test_without_root_the_loopback_is_shaped_in_a_namespace_the_learner_cannot_lift():
+    """The Docker image's `student` (or any user): unshare gives the job a network namespace of its own user
+    namespace, shaped there; the learner's code, in bwrap's user namespace inside it, cannot remove the shaping.
+    Run as nobody, with the system's Python (the venv's base interpreter may sit in root's home)."""
+    require_sandbox()
+    if os.geteuid() != 0:
+        pytest.skip("switching to another user needs root (the tests above cover this user's own sandbox)")
+    done = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c",
+                           AS_ANOTHER_USER, SEND_AFTER_A_PAUSE + LIFT], capture_output=True, text=True, timeout=120,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(sandbox.__file__).parents[1])})
+    out = done.stdout + done.stderr
+    assert "shaping problem: None" in out and "mtu 1500" in out, out
+    assert float(out.split("seconds")[1].split()[0]) >= 0.3, out   # 100 KB at 2 Mbit/s, after a pause
+    assert "lift 2" in out, out                                      # tc: Operation not permitted
+
+
 def test_a_full_scratch_folder_is_a_clean_error_not_a_full_disk(run):
     code = ("n = 0\ntry:\n    while True:\n        open(f'f{n}', 'wb').write(b'x' * 2**20)\n        n += 1\n"
             "except OSError as e:\n    print('stopped after', n, 'MiB:', e.strerror)")

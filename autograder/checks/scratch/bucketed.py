@@ -33,8 +33,10 @@ last, and buckets launch in order) lands near the no-overlap twin and fails, wit
 from what rank 0 recorded of its all-reduces (an observation, never evidence; it also draws the
 per-bucket timeline of the picture).
 
-Where the loopback cannot be shaped (no bubblewrap sandbox, or not root: tc needs CAP_NET_ADMIN in
-the job's namespace) the overlap is not measured: the verdict says so and rests on correctness.
+The loopback is shaped as root by tc inside bwrap's network namespace, and without root inside a network
+namespace that the job's own user namespace owns (unshare around bwrap: sandbox.py). Where neither works (no
+bubblewrap sandbox, a container without user namespaces) the overlap is not measured: the verdict says so,
+names why, and rests on correctness.
 On the gpu profile NCCL does not use the loopback: the same measurement runs unshaped on a larger
 model (NCCL's all-reduce runs on its own stream, so the overlap shows when communication and the
 backward take comparable time); a gap under min_gain makes it inconclusive. In the student pack
@@ -42,7 +44,6 @@ backward take comparable time); a gap under min_gain makes it inconclusive. In t
 """
 from __future__ import annotations
 
-import os
 import statistics
 
 from ... import rounds
@@ -87,9 +88,9 @@ def _setting(m) -> tuple[dict | None, str]:
     if not sandbox.enabled():
         return None, ("overlap NOT MEASURED here: the loopback is shaped inside the job's own network namespace, "
                       "which needs the bubblewrap sandbox (`make setup`)")
-    if os.geteuid() != 0:
-        return None, ("overlap NOT MEASURED here: shaping the job's loopback (tc) needs root; it is measured when "
-                      "the course is graded as root")
+    if why := sandbox.shaping_problem():
+        return None, (f"overlap NOT MEASURED here: the job's loopback cannot be shaped ({why}); it is measured "
+                      "when the course is graded, or run this check on a Linux host that lets users make namespaces")
     rate = m.trial.thresholds.loopback_mbit
     if rate is None:
         raise ConfigError(f"course.yaml: exercise 'scratch.bucketed', thresholds.{m.trial.profile}: loopback_mbit is "
