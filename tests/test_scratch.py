@@ -59,8 +59,10 @@ def test_blank_stub_is_not_implemented(exercise):
     ("scratch.bucketed", "accepted_bucketed_ddp_cap_rule", {"speed": False}),   # DDP's close-at-or-over-cap rule
     ("scratch.bucketed", "accepted_bucketed_tensor_hooks", {"speed": False}),   # register_hook gets the gradient
     ("scratch.bucketed", "accepted_bucketed_tensor_hooks", {"speed": False, "world_size": 3}),
+    ("scratch.bucketed", "accepted_bucketed_launch_when_full", {"speed": False}),   # out of bucket order
     ("scratch.gpipe", "accepted_gpipe_blocking_sends", {}),
     ("scratch.gpipe", "accepted_gpipe_blocking_sends", {"world_size": 3}),
+    ("scratch.gpipe", "accepted_gpipe_1f1b", {"world_size": 3}),                  # 1F1B order, the same time
 ])
 def test_a_correct_design_the_notebook_allows_passes(exercise, control_name, overrides):
     v = run_check(exercise, module=control("scratch", control_name), **overrides)

@@ -98,8 +98,19 @@ def _after_init(kind: str, r: int, got: dict, sent: list, where: str) -> None:
                       "Broadcast from rank 0 (src=0), in place, with torch.no_grad(): dist.broadcast(p.data or p, src=0).")
 
 
+def _launched_zeros(spy, step: int) -> bool:
+    """Whether every all-reduce the rank launched during step `step` (backward to synced) carried only zeros (what
+    its spy saw: a hint, never evidence)."""
+    try:
+        begin, end = spy["marks"]["backward"][step], spy["marks"]["synced"][step]
+        calls = [c for c in spy["calls"] if begin <= c["start"] <= end]
+        return bool(calls) and all(c.get("zeros") is True for c in calls)
+    except (KeyError, IndexError, TypeError):
+        return False
+
+
 def _diagnose_grads(kind: str, r: int, ws: int, got: dict, want: dict, local: dict, where: str,
-                    scenario: dict) -> None:
+                    scenario: dict, launched_zeros: bool = False) -> None:
     """Name the mistake behind a rank's wrong gradients after the sync (raises CheckFailed)."""
     unused = [n for n in want if want[n] is None and got.get(n) is not None]
     if unused:
@@ -148,6 +159,13 @@ def _diagnose_grads(kind: str, r: int, ws: int, got: dict, want: dict, local: di
                           if kind == "naive" else
                           "Wait for each bucket's all-reduce, divide the flat buffer by the world size, and copy its "
                           "slices back into every parameter's .grad in finish_gradient_sync().")
+    if all(float(got[n].abs().max()) == 0.0 for n in wrong) and kind == "bucketed" and launched_zeros:
+        raise CheckFailed(f"{where}: rank {r}: the gradients of {fmt_names(wrong)} are zero after {_who(kind)}, and "
+                          f"every bucket this rank all-reduced held only zeros when it was launched: the buckets were "
+                          f"filled before autograd had written .grad",
+                          "A hook registered with register_hook runs before autograd writes .grad: fill the bucket "
+                          "with the gradient the hook receives (its argument), or use "
+                          "register_post_accumulate_grad_hook, which runs once .grad holds it.")
     if all(float(got[n].abs().max()) == 0.0 for n in wrong):
         raise CheckFailed(f"{where}: rank {r}: the gradients of {fmt_names(wrong)} are zero after {_who(kind)}",
                           "Write the averaged values back into the gradients (param.grad.copy_(...)) after waiting "
@@ -175,7 +193,7 @@ def judge(run, kind: str) -> str:
                 names = [n for n in want if not close(got.get(n), want[n])]
                 if names:
                     _diagnose_grads(kind, r, ws, got, want, expected["local"][step][r],
-                                    f"{where}, step {step + 1}", sent[r])
+                                    f"{where}, step {step + 1}", sent[r], _launched_zeros(res.get("spy"), step))
             wrong = mismatched(res["state"], expected["final"])
             if wrong:
                 raise CheckFailed(f"{where}: rank {r}: after {len(res['grads'])} steps {fmt_names(wrong)} differ from "

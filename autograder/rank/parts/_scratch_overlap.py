@@ -17,8 +17,9 @@ class AllReduceSpy:
     when the collective finishes); a synchronous call completes when it returns.
     """
 
-    def __init__(self, learner):
+    def __init__(self, learner, *, zeros: bool = False):
         self.learner, self.calls, self.marks, self._stack = learner, [], {}, ExitStack()
+        self.zeros = zeros   # also record whether each buffer was all zeros when launched (a hint; never timed)
 
     def __enter__(self):
         import torch.distributed as dist
@@ -30,6 +31,8 @@ class AllReduceSpy:
         def spy(tensor, *args, **kwargs):
             asynchronous = bool(kwargs.get("async_op", args[2] if len(args) > 2 else False))
             record = {"numel": int(tensor.numel()), "async": asynchronous, "start": time.perf_counter(), "end": None}
+            if self.zeros:
+                record["zeros"] = not bool(tensor.detach().any())
             self.calls.append(record)
             work = original(tensor, *args, **kwargs)
             if asynchronous and work is not None:

@@ -49,7 +49,7 @@ def _train(ctx, learner, scenario: dict, kind: str) -> dict:
         after_init = state_of(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=scenario["lr"])
     grads, losses = [], []
-    with AllReduceSpy(learner) as spy, float32():
+    with AllReduceSpy(learner, zeros=True) as spy, float32():
         start = time.perf_counter()
         for x, y in scenario["batches"]:
             optimizer.zero_grad(set_to_none=True)
