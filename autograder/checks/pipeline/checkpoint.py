@@ -56,8 +56,8 @@ def _explain_round_trip(run: Run, seen_by_rank: list[dict], last: dict) -> None:
     if seen.get("collective_load"):
         raise CheckFailed("load_full_model waited for the other ranks: its dcp.load ran as a collective although "
                           "only one process loads",
-                          "Load in one process with dcp.load(state, checkpoint_id=path, no_dist=True): without "
-                          "no_dist, DCP coordinates with every rank of the process group.")
+                          "Load in one process: dcp.load takes no_dist=True for that (see its docs); without it, "
+                          "DCP coordinates with every rank of the process group.")
     saved = seen.get("saved_keys")
     expect(saved is not None, "save_stage wrote no torch.distributed.checkpoint checkpoint at the given path",
            "Save the stage module's state dict with torch.distributed.checkpoint (dcp.save), at the given path.")
@@ -74,8 +74,9 @@ def _explain_round_trip(run: Run, seen_by_rank: list[dict], last: dict) -> None:
                               f"complete stages: {complete}", hint)
     if seen.get("load_error"):
         raise CheckFailed(f"load_full_model raised {seen['load_error']}",
-                          "Load in one process: state = model.state_dict(); dcp.load(state, checkpoint_id=path, "
-                          "no_dist=True); model.load_state_dict(state). Load under the keys you saved with.")
+                          "Load in one process, without a process group (no_dist=True), into a state dict of the "
+                          "whole model that DCP fills in place under the keys you saved with, then load that into "
+                          "the model.")
 
 
 @readable

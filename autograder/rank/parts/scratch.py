@@ -85,11 +85,11 @@ def _average_gradients(model) -> None:
     """The part's own gradient all-reduce: ShardedOptimizer receives identical gradients on every rank."""
     import torch.distributed as dist
 
-    world = dist.get_world_size()
+    ranks = dist.get_world_size()
     for p in model.parameters():
         if p.grad is not None:
             dist.all_reduce(p.grad)
-            p.grad.div_(world)
+            p.grad.div_(ranks)
 
 
 def _plain(value):

@@ -21,8 +21,8 @@ def _sharded_model(inputs, device, world_size: int):
 
     model = build_model(inputs["model"]).to(device)
     mesh = init_device_mesh(device.type, (world_size,))
-    for block in model.blocks():
-        fully_shard(block, mesh=mesh)
+    for unit in model.blocks():
+        fully_shard(unit, mesh=mesh)
     fully_shard(model, mesh=mesh)
     return model, torch.optim.Adam(model.parameters(), lr=inputs["lr"])
 

@@ -36,8 +36,8 @@ def _shard_with(model, mesh, policy: str) -> None:
 
     kwargs = {} if policy == "fp32" else {
         "mp_policy": MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)}
-    for block in model.blocks():
-        fully_shard(block, mesh=mesh, **kwargs)
+    for unit in model.blocks():
+        fully_shard(unit, mesh=mesh, **kwargs)
     fully_shard(model, mesh=mesh, **kwargs)
 
 
