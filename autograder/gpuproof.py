@@ -35,7 +35,8 @@ TOTAL_BUDGET = 8 * 60        # seconds for the whole proof on a GPU host
 # per assignment (one with --quick), each a step that must fail its check with the row's words.
 
 # Assignments whose checks run at 1 rank too:
-ONE_RANK = ("02_torchrun", "04_ddp", "06_fsdp", "07_from_scratch", "09_efficiency")
+ONE_RANK = ("02_torchrun", "04_ddp", "06_fsdp", "07_from_scratch", "09_efficiency",
+            "10_tensor_parallel")
 
 
 @dataclass
@@ -91,10 +92,15 @@ def plan(gpus: int, *, profile: str = "gpu", quick: bool = False) -> list[Step]:
             where = multi if ws > 1 else profile
             if ws == 1 and a.id not in ONE_RANK:
                 continue
-            plain = [e.id for e in a.exercises if checks.get(e.id).measure is None]
+            plain = [e.id for e in a.exercises if checks.get(e.id).measure is None and not e.world_size]
             if plain:
                 steps.append(Step(f"{a.id}: solution checks at {ws} rank(s)", "check", where, 90,
                                   {"assignment": a.id, "exercises": plain, "world_size": ws}))
+        for e in a.exercises:   # a check with a world size of its own (tp.two_d's 2 x 2 mesh) runs at it alone
+            if e.world_size and checks.get(e.id).measure is None:
+                where = profile if profile == "cpu" or gpus >= e.world_size else "cpu"
+                steps.append(Step(f"{a.id}: {e.id} at its {e.world_size} ranks", "check", where, 120,
+                                  {"assignment": a.id, "exercises": [e.id], "world_size": e.world_size}))
         for mistake in [m for m in proven if m.assignment == a.id][: 1 if quick else 2]:
             steps.append(Step(f"{a.id}: mistake {mistake.id}", "mistake", multi, 60,
                               {"assignment": a.id, "exercise": mistake.exercise, "mistake": mistake.id}))

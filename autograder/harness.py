@@ -46,6 +46,7 @@ def run_check(exercise_id: str, *, module: str | Path | None = None, world_size:
     path = (Path(cwd or Path.cwd()) / (module or exercise.module)).resolve()
     params = {**check.defaults, **params}
     ws = 1 if check.local else int(world_size or exercise.world_size or policy.ranks_for(prof))
+    prof = policy.profile_for_ranks(course, prof, ws)
     base = dict(exercise=exercise_id, profile=prof.name, world_size=0 if check.local else ws,
                 max_points=exercise.points, hidden=hidden)
 
@@ -100,6 +101,8 @@ def _companions(course, exercise, check: Check, path: Path, settings: tuple, cac
             continue
         if c.group != "harness" and check.group == "harness":
             continue  # it must run before any process group exists
+        if e.world_size and e.world_size != settings[1]:
+            continue  # it runs at its own world size (tp.two_d's 2 x 2 mesh)
         params = {**c.defaults, **shared}
         if cache.get(VerdictCache.key(e.id, path, settings, params)) is None:
             found.append(Call(e, c, params))
@@ -120,12 +123,13 @@ def _run(plan: Plan) -> list[Verdict | None]:
         for call in plan.calls:
             try:
                 prepared.append(prepare(plan, call))
-            except NoExpectedValues as exc:
+            except (NoExpectedValues, ValueError) as exc:   # no data in the pack; a scenario this world cannot run
                 if call is first:
-                    verdicts[0] = Verdict(passed=False, status="error", message=str(exc),
-                                          hint="Run the self-check with its default parameters.", **base)
+                    hint = ("Run the self-check with its default parameters." if isinstance(exc, NoExpectedValues)
+                            else "Use a world size and parameters the scenario can be split over.")
+                    verdicts[0] = Verdict(passed=False, status="error", message=str(exc), hint=hint, **base)
                     return verdicts
-                break   # a companion without data: checked when it is asked for
+                break   # a companion that cannot run here: checked when it is asked for
         plan = Plan(plan.path, plan.profile, plan.world_size, plan.nnodes, plan.calls[:len(prepared)], plan.time_limit)
         failed = job.ready(plan.limit(first))
         if failed is None:   # the group and the rank parts, outside the first task: its seconds are its own

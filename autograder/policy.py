@@ -51,6 +51,22 @@ def ranks_for(profile: Profile, *, gpus: int | None = None) -> int:
     return min(gpus, profile.max_ranks)
 
 
+def profile_for_ranks(course: Course, profile: Profile, world_size: int, *, gpus: int | None = None) -> Profile:
+    """The profile a call of `world_size` ranks runs under: `profile`, unless it puts one rank on each GPU and
+    there are fewer GPUs than ranks (tp.two_d's 2 x 2 mesh on a 2-GPU host); then the course's CPU profile, which
+    the verdict names ("[4 ranks, cpu]"), rather than two ranks' NCCL on one device or a rank on none."""
+    if profile.backend != "nccl":
+        return profile
+    gpus = visible_gpu_count() if gpus is None else gpus
+    if world_size <= gpus:
+        return profile
+    fallback = next((p for p in course.profiles.values() if p.backend == "gloo"), None)
+    if fallback is None:
+        raise ConfigError(f"{world_size} ranks need {world_size} GPUs under profile {profile.name!r} ({gpus} "
+                          "visible), and course.yaml defines no CPU (gloo) profile to run them on")
+    return fallback
+
+
 def rank_env(profile: Profile) -> dict[str, str]:
     """Environment every rank of a check runs with under this profile."""
     env = {}

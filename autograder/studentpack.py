@@ -76,7 +76,12 @@ def _write_expected(folder: Path, course) -> int:
         exercise = course.exercise(exercise_id)
         params = {**check.defaults, **{k: v for k, v in overrides.items()
                                        if k not in ("world_size", "profile", "time_limit", "nnodes", "module")}}
-        sizes = [1] if check.local else ([overrides["world_size"]] if "world_size" in overrides else public.WORLD_SIZES)
+        if check.local:
+            sizes = [1]
+        elif "world_size" in overrides or exercise.world_size:   # a call's own, or the exercise's (tp.two_d's 4)
+            sizes = [int(overrides.get("world_size") or exercise.world_size)]
+        else:
+            sizes = public.WORLD_SIZES
         for ws in sizes:
             plan = Plan(Path("x.py"), profile, ws, int(overrides.get("nnodes", 1)), (Call(exercise, check, params),), None)
             trial = trial_for(plan, plan.calls[0])

@@ -95,18 +95,19 @@ def stub(assignment: str, filename: str) -> Path:
     return path
 
 
-def judge_forged_reply(exercise: str, garbage) -> None:
-    """Judge a 2-rank run whose every rank sent back `garbage`: a forged reply in any shape must be the learner's
-    failure (CheckFailed), never an error of the harness, nor a pass."""
+def judge_forged_reply(exercise: str, garbage, world_size: int = 2) -> None:
+    """Judge a run whose every rank sent back `garbage`: a forged reply in any shape must be the learner's failure
+    (CheckFailed), never an error of the harness, nor a pass."""
     from autograder.checks import Run, Trial, get
     from autograder.outcome import RankOutcome
     from autograder.verdict import CheckFailed
 
     check = get(exercise)
-    trial = Trial.fresh(exercise=exercise, params=dict(check.defaults), world_size=2, profile="cpu", thresholds={})
+    trial = Trial.fresh(exercise=exercise, params=dict(check.defaults), world_size=world_size, profile="cpu",
+                          thresholds={})
     inputs = check.inputs(trial)
-    run = Run(exercise=exercise, world_size=2, params=trial.params, thresholds={}, profile="cpu", inputs=inputs,
-              ranks=tuple(RankOutcome(rank=r, ok=True, result=garbage) for r in range(2)),
+    run = Run(exercise=exercise, world_size=world_size, params=trial.params, thresholds={}, profile="cpu",
+              inputs=inputs, ranks=tuple(RankOutcome(rank=r, ok=True, result=garbage) for r in range(world_size)),
               expected=check.expected(trial, inputs) if check.expected else None)
     with pytest.raises(CheckFailed):
         check.judge(run)

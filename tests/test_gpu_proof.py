@@ -13,7 +13,10 @@ from autograder.course import load_course
 def test_the_plan_checks_every_exercise_and_runs_every_notebook(gpus, profile):
     steps = gpuproof.plan(gpus, profile=profile)
     assert gpuproof.check_plan(steps, gpus) == []
-    checked = {(s.args["world_size"], s.profile) for s in steps if s.kind == "check"}
+    own = [(s.args["world_size"], s.profile) for s in steps if s.kind == "check" and s.args["exercises"] == ["tp.two_d"]]
+    assert own == [(4, "gpu" if gpus >= 4 else "cpu")]   # its 2 x 2 mesh, on GPUs where there are four
+    checked = {(s.args["world_size"], s.profile) for s in steps if s.kind == "check" and "tp.two_d" not in s.args[
+        "exercises"]}
     if gpus >= 2:
         assert checked == {(gpus, "gpu"), (2, "gpu")}
     elif gpus == 1:   # one rank on the GPU, the multi-rank checks on the CPUs

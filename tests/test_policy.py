@@ -38,6 +38,15 @@ def test_gpu_profile_uses_one_rank_per_gpu_up_to_four(course, gpus, ranks):
     assert policy.ranks_for(course.profiles["gpu"], gpus=gpus) == ranks
 
 
+@pytest.mark.parametrize("gpus, world_size, expected", [(4, 4, "gpu"), (2, 2, "gpu"), (2, 4, "cpu"), (0, 2, "cpu")])
+def test_more_ranks_than_gpus_run_on_the_cpu_profile(course, gpus, world_size, expected):
+    """tp.two_d's 2 x 2 mesh on a 2-GPU host: on the CPUs (gloo), not two ranks' NCCL on one GPU."""
+    gpu = policy.choose_profile(course, "gpu", gpus=gpus, env={})
+    assert policy.profile_for_ranks(course, gpu, world_size, gpus=gpus).name == expected
+    cpu = policy.choose_profile(course, "cpu", gpus=gpus, env={})
+    assert policy.profile_for_ranks(course, cpu, world_size, gpus=gpus) is cpu
+
+
 def test_gpu_profile_without_gpus_explains(course):
     with pytest.raises(ConfigError, match="use --profile cpu"):
         policy.ranks_for(course.profiles["gpu"], gpus=0)
