@@ -1,17 +1,13 @@
 """What the tensor-parallel exercises must reproduce, computed in one process with the whole model (trusted side)."""
 from __future__ import annotations
 
-
-def _one_thread():
-    from .. import one_thread
-
-    return one_thread()
+from .. import one_thread
 
 
 def backward_of(module, x, upstream) -> dict:
     """The module's output on x, x's gradient and every parameter's gradient for the loss (out * upstream).sum()."""
     x = x.clone().requires_grad_()
-    with _one_thread():
+    with one_thread():
         out = module(x)
         (out * upstream).sum().backward()
     return {"out": out.detach(), "x_grad": x.grad.detach(),
@@ -50,7 +46,7 @@ def train(spec: dict, batches: list, lr: float) -> dict:
 
     model = vit(spec)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-    with _one_thread():
+    with one_thread():
         for images, labels in batches:
             F.cross_entropy(model(images), labels).backward()
             optimizer.step()
